@@ -1,0 +1,235 @@
+"""Service settings: one typed object, nested per concern, loaded once.
+
+Every field can be set from the environment with the ``VIPPS_POS_`` prefix and ``__`` between
+levels, e.g. ``VIPPS_POS_VIPPS__CLIENT_SECRET``. ``.env.example`` lists every one.
+
+Invariant: in ``production`` mode the service refuses to start while any secret still holds its
+development placeholder or while the Vipps base URL points at a simulator (see
+:meth:`Settings.production_problems`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development placeholders. They let `make demo` run with nothing configured, and production mode
+# refuses every one of them.
+PLACEHOLDER_PREFIX = "dev-placeholder-"
+DEV_ENCRYPTION_KEY = "ZGV2LXBsYWNlaG9sZGVyLWtleS0wMTIzNDU2Nzg5YWI="  # Fernet key, known to all
+DEV_ADMIN_KEY = PLACEHOLDER_PREFIX + "admin-key"
+
+VIPPS_TEST_URL = "https://apitest.vipps.no"
+VIPPS_PRODUCTION_URL = "https://api.vipps.no"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class UserFlow(StrEnum):
+    """ePayment ``userFlow`` for customer-token payments (DESIGN.md §7: configurable)."""
+
+    PUSH_MESSAGE = "PUSH_MESSAGE"
+    WEB_REDIRECT = "WEB_REDIRECT"
+
+
+class DatabaseSettings(BaseModel):
+    url: str = Field(
+        default="sqlite+aiosqlite:///./var/vipps-pos.db",
+        description="SQLAlchemy async URL. SQLite for one instance; Postgres "
+        "(postgresql+asyncpg://...) for several replicas.",
+    )
+    pool_size: int = Field(default=10, ge=1, le=200)
+    max_overflow: int = Field(default=10, ge=0, le=200)
+    echo: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith("postgresql")
+
+
+class VippsSettings(BaseModel):
+    base_url: str = Field(default=VIPPS_TEST_URL, description="Vipps MobilePay API host.")
+    client_id: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "client-id")
+    client_secret: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "client-secret")
+    subscription_key: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "subscription-key")
+    default_msn: str = Field(default="123456", pattern=r"^[0-9]{4,6}$")
+    system_name: str = Field(default="vipps-pos", max_length=30)
+    system_version: str = Field(default="0.1.0", max_length=30)
+    plugin_name: str = Field(default="vipps-pos-callback-qr", max_length=30)
+    plugin_version: str = Field(default="0.1.0", max_length=30)
+    user_flow: UserFlow = UserFlow.PUSH_MESSAGE
+    # Sent with WEB_REDIRECT only; Vipps requires it there.
+    return_url: str = "https://example.com/vipps/return"
+    connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    read_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    qr_category: str | None = Field(
+        default="IN_STORE",
+        description="QR `category`; dropped automatically if Vipps rejects it (REFERENCE.md §3.1).",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def is_vipps_host(self) -> bool:
+        return self.base_url in (VIPPS_TEST_URL, VIPPS_PRODUCTION_URL)
+
+
+class WebhookSettings(BaseModel):
+    public_url: str = Field(
+        default="http://127.0.0.1:8000/webhooks/vipps",
+        description="The URL registered at Vipps. The HMAC covers its path and host, so behind a "
+        "proxy this must be the outside URL, not what the app server sees.",
+    )
+    max_age_seconds: int = Field(
+        default=300,
+        ge=10,
+        description="Largest accepted skew of x-ms-date (either way). Undocumented by Vipps; "
+        "duplicates are caught by the inbox regardless.",
+    )
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    ensure_on_startup: bool = Field(
+        default=False, description="Register/repair the webhook per MSN when the service starts."
+    )
+
+    @cached_property
+    def host(self) -> str:
+        """URL authority as Vipps signs it: hostname plus ``:port`` when not the default."""
+        return urlsplit(self.public_url).netloc
+
+    @cached_property
+    def path_and_query(self) -> str:
+        parts = urlsplit(self.public_url)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+class SecuritySettings(BaseModel):
+    encryption_key: SecretStr = Field(
+        default=SecretStr(DEV_ENCRYPTION_KEY),
+        description="Fernet key (urlsafe base64 of 32 bytes) for secrets stored in the database. "
+        "Several keys, comma separated, rotate: the first encrypts, all decrypt.",
+    )
+    admin_api_key: SecretStr = Field(
+        default=SecretStr(DEV_ADMIN_KEY), description="Credential for the admin API."
+    )
+    till_rate_limit_per_minute: int = Field(default=600, ge=1)
+
+
+class CheckoutSettings(BaseModel):
+    awaiting_scan_timeout_seconds: int = Field(
+        default=900, ge=10, description="A checkout nobody scans for this long expires."
+    )
+    customer_token_lifetime_seconds: int = Field(
+        default=900, description="Vipps: a customerToken is valid 15 minutes from the scan."
+    )
+    payment_request_margin_seconds: int = Field(
+        default=60,
+        description="Send the payment request at the latest this long before the token expires.",
+    )
+    cancel_after_approval: Literal["release", "keep"] = Field(
+        default="release",
+        description="When the customer approved before a cancel reached Vipps: release the "
+        "reservation, or keep it for the till to capture or cancel.",
+    )
+    max_wait_seconds: int = Field(default=30, ge=1, le=120)
+
+
+class WorkerSettings(BaseModel):
+    enabled: bool = True
+    outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    outbox_batch_size: int = Field(default=20, ge=1, le=500)
+    outbox_lease_seconds: int = Field(default=30, ge=5)
+    reconcile_interval_seconds: float = Field(default=2.0, gt=0)
+    # Vipps polling guidance: first poll about 5 s after create, then every 2 s (REFERENCE.md §7.11).
+    reconcile_first_poll_seconds: float = Field(default=5.0, ge=0)
+    reconcile_poll_every_seconds: float = Field(default=2.0, gt=0)
+    inbox_retry_seconds: float = Field(default=5.0, gt=0)
+
+
+class LogSettings(BaseModel):
+    level: str = "INFO"
+    json_logs: bool | None = Field(
+        default=None, description="JSON lines; default: on in production, off in development."
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VIPPS_POS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    database: DatabaseSettings = DatabaseSettings()
+    vipps: VippsSettings = VippsSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    security: SecuritySettings = SecuritySettings()
+    checkout: CheckoutSettings = CheckoutSettings()
+    workers: WorkerSettings = WorkerSettings()
+    logging: LogSettings = LogSettings()
+
+    def production_problems(self) -> list[str]:
+        """Every reason this configuration must not run in production, naming the setting."""
+        problems: list[str] = []
+        secrets = {
+            "VIPPS_POS_VIPPS__CLIENT_ID": self.vipps.client_id,
+            "VIPPS_POS_VIPPS__CLIENT_SECRET": self.vipps.client_secret,
+            "VIPPS_POS_VIPPS__SUBSCRIPTION_KEY": self.vipps.subscription_key,
+            "VIPPS_POS_SECURITY__ADMIN_API_KEY": self.security.admin_api_key,
+        }
+        for name, secret in secrets.items():
+            value = secret.get_secret_value()
+            if not value or value.startswith(PLACEHOLDER_PREFIX):
+                problems.append(f"{name} is a development placeholder")
+        if DEV_ENCRYPTION_KEY in self.security.encryption_key.get_secret_value():
+            problems.append("VIPPS_POS_SECURITY__ENCRYPTION_KEY is the development key")
+        if not self.vipps.is_vipps_host:
+            problems.append(
+                f"VIPPS_POS_VIPPS__BASE_URL={self.vipps.base_url} is not a Vipps MobilePay host "
+                f"({VIPPS_TEST_URL} or {VIPPS_PRODUCTION_URL}); a simulator is not allowed"
+            )
+        if not self.webhooks.public_url.startswith("https://"):
+            problems.append("VIPPS_POS_WEBHOOKS__PUBLIC_URL must be https (Vipps requires TLS)")
+        return problems
+
+    def check_startable(self) -> None:
+        """Raise :class:`UnsafeConfiguration` when production mode meets a development value."""
+        if self.environment is Environment.PRODUCTION:
+            problems = self.production_problems()
+            if problems:
+                raise UnsafeConfiguration(problems)
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.database.is_sqlite:
+            return None
+        raw = self.database.url.split(":///", 1)[-1]
+        return None if raw in ("", ":memory:") else Path(raw)
+
+
+class UnsafeConfiguration(RuntimeError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "refusing to start in production mode:\n  - " + "\n  - ".join(problems)
+        )

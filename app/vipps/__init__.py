@@ -1,0 +1,4 @@
+"""Vipps MobilePay client: typed calls, token cache, webhook signatures, error tree.
+
+Knows nothing of the database or FastAPI.
+"""
