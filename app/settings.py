@@ -157,7 +157,7 @@ class WorkerSettings(BaseModel):
     outbox_batch_size: int = Field(default=20, ge=1, le=500)
     outbox_lease_seconds: int = Field(default=30, ge=5)
     reconcile_interval_seconds: float = Field(default=2.0, gt=0)
-    # Vipps polling guidance: first poll about 5 s after create, then every 2 s (REFERENCE.md §7.11).
+    # Vipps polling guidance: first poll ~5 s after create, then every 2 s (REFERENCE.md §7.11).
     reconcile_first_poll_seconds: float = Field(default=5.0, ge=0)
     reconcile_poll_every_seconds: float = Field(default=2.0, gt=0)
     inbox_retry_seconds: float = Field(default=5.0, gt=0)
@@ -230,6 +230,4 @@ class Settings(BaseSettings):
 class UnsafeConfiguration(RuntimeError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(
-            "refusing to start in production mode:\n  - " + "\n  - ".join(problems)
-        )
+        super().__init__("refusing to start in production mode:\n  - " + "\n  - ".join(problems))

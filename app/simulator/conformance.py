@@ -167,7 +167,7 @@ def _deref(node: dict[str, Any], document: str) -> dict[str, Any]:
 @cache
 def _operations() -> list[Operation]:
     found: list[Operation] = []
-    for api, (relative, prefix) in _SPECS.items():
+    for api, (_relative, prefix) in _SPECS.items():
         document = _registry().contents(_uri(api))
         for template, item in document.get("paths", {}).items():
             for method, spec in item.items():
@@ -186,7 +186,9 @@ def find_operation(method: str, path: str) -> Operation | None:
     method = method.upper()
     path = path.split("?", 1)[0]
     candidates = [
-        op for op in _operations() if op.method == method and _template_regex(op.template).match(path)
+        op
+        for op in _operations()
+        if op.method == method and _template_regex(op.template).match(path)
     ]
     # Prefer the most literal template: /v1/merchant-callback/mobilepay/{id} over /{id}.
     candidates.sort(key=lambda op: op.template.count("{"))
@@ -240,7 +242,9 @@ def validate_response(
     return operation
 
 
-def validate_schema(api: str, schema_name: str, body: Any, *, order_management: str = "latest") -> None:
+def validate_schema(
+    api: str, schema_name: str, body: Any, *, order_management: str = "latest"
+) -> None:
     """Validate against a named component schema, e.g. ``("epayment", "WebhookEvent")``."""
     schema = {"$ref": f"#/components/schemas/{schema_name}"}
     problems = list(_errors(schema, api, body, order_management))
@@ -253,4 +257,3 @@ def _require(method: str, path: str) -> Operation:
     if operation is None:
         raise SpecViolation(f"{method} {path} is not in any official spec")
     return operation
-

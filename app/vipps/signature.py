@@ -73,7 +73,7 @@ def verify_webhook(
     now: datetime,
     max_age: timedelta,
 ) -> str:
-    """Check a delivery; return the secret that verified it, or raise :class:`WebhookSignatureError`.
+    """Check a delivery; return the secret that verified it, else raise WebhookSignatureError.
 
     ``secrets`` holds every secret currently valid for the MSN — two during a rotation overlap.
     ``path_and_query`` and ``host`` come from the registered URL (configuration), never from what

@@ -1,0 +1,1 @@
+"""The edge: routers only — parse, authenticate, call one service function, return."""

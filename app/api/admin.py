@@ -1,0 +1,234 @@
+"""The operator API: tills and their QR codes, stores, webhook registrations, what is stuck."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import AdminDep, PrincipalDep, ServicesDep, TillScope
+from app.api.schemas import (
+    CheckoutOut,
+    EnsureOut,
+    InboxEventOut,
+    NewTillOut,
+    RegisterTillRequest,
+    StoreOut,
+    StoreRequest,
+    TillOut,
+    UpdateTillRequest,
+    WebhookRegistrationOut,
+)
+from app.errors import PROBLEM_JSON
+
+router = APIRouter(prefix="/api/v1", tags=["operators"])
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"content": {PROBLEM_JSON: {}}, "description": "Missing or unknown credential."},
+    403: {"content": {PROBLEM_JSON: {}}, "description": "Operator credential required."},
+    404: {"content": {PROBLEM_JSON: {}}, "description": "Not found."},
+    409: {"content": {PROBLEM_JSON: {}}, "description": "Conflict (e.g. `till_exists`)."},
+}
+
+
+@router.post(
+    "/tills",
+    status_code=201,
+    response_model=NewTillOut,
+    responses=_PROBLEMS,
+    summary="Register a till: creates its merchant callback QR at Vipps; returns its API key once",
+)
+async def register_till(
+    body: RegisterTillRequest, services: ServicesDep, admin: AdminDep
+) -> NewTillOut:
+    new = await services.tills.register(
+        body.till_id,
+        store_id=body.store_id,
+        location_description=body.location_description,
+        msn=body.msn,
+        actor=admin.actor,
+    )
+    return NewTillOut(**TillOut.of(new.till).model_dump(), api_key=new.api_key)
+
+
+@router.get("/tills", response_model=list[TillOut], responses=_PROBLEMS, summary="List tills")
+async def list_tills(
+    services: ServicesDep,
+    _: AdminDep,
+    store_id: Annotated[str | None, Query(alias="storeId")] = None,
+    status: Literal["ACTIVE", "INACTIVE"] | None = None,
+) -> list[TillOut]:
+    return [TillOut.of(t) for t in await services.tills.list(store_id=store_id, status=status)]
+
+
+@router.get("/tills/{till_id}", response_model=TillOut, responses=_PROBLEMS, summary="One till")
+async def get_till(till_id: TillScope, services: ServicesDep) -> TillOut:
+    return TillOut.of(await services.tills.get(till_id))
+
+
+@router.patch(
+    "/tills/{till_id}", response_model=TillOut, responses=_PROBLEMS, summary="Update a till"
+)
+async def update_till(
+    till_id: str, body: UpdateTillRequest, services: ServicesDep, admin: AdminDep
+) -> TillOut:
+    till = await services.tills.update(
+        till_id, location_description=body.location_description, actor=admin.actor
+    )
+    return TillOut.of(till)
+
+
+@router.post(
+    "/tills/{till_id}/deactivate",
+    response_model=TillOut,
+    responses=_PROBLEMS,
+    summary="Deactivate a till and delete its QR at Vipps",
+)
+async def deactivate_till(till_id: str, services: ServicesDep, admin: AdminDep) -> TillOut:
+    return TillOut.of(await services.tills.deactivate(till_id, actor=admin.actor))
+
+
+@router.post(
+    "/tills/{till_id}/api-key",
+    response_model=NewTillOut,
+    responses=_PROBLEMS,
+    summary="Issue a new API key for the till; the old one stops working at once",
+)
+async def rotate_till_key(till_id: str, services: ServicesDep, admin: AdminDep) -> NewTillOut:
+    new = await services.tills.rotate_api_key(till_id, actor=admin.actor)
+    return NewTillOut(**TillOut.of(new.till).model_dump(), api_key=new.api_key)
+
+
+@router.get(
+    "/tills/{till_id}/qr",
+    responses={
+        200: {"content": {"image/svg+xml": {}, "image/png": {}}, "description": "The QR"},
+        **_PROBLEMS,
+    },
+    summary="The till's QR image, ready to print or show (SVG or PNG)",
+)
+async def till_qr(
+    till_id: TillScope,
+    services: ServicesDep,
+    format: Literal["svg", "png"] = "svg",
+    scale: Annotated[int, Query(ge=1, le=40)] = 10,
+) -> Response:
+    image = await services.tills.qr_image(till_id, format, scale=scale)
+    media = "image/svg+xml" if format == "svg" else "image/png"
+    return Response(image, media_type=media, headers={"Cache-Control": "max-age=300"})
+
+
+@router.put(
+    "/stores/{store_id}",
+    response_model=StoreOut,
+    responses=_PROBLEMS,
+    summary="Create or update a store and its customer-club policy",
+)
+async def put_store(
+    store_id: str, body: StoreRequest, services: ServicesDep, admin: AdminDep
+) -> StoreOut:
+    store = await services.tills.upsert_store(
+        store_id,
+        name=body.name,
+        club_policy=body.club_policy,
+        member_price_hold=body.member_price_hold,
+        member_price_hold_seconds=body.member_price_hold_seconds,
+        actor=admin.actor,
+    )
+    return StoreOut.of(store)
+
+
+@router.get("/stores/{store_id}", response_model=StoreOut, responses=_PROBLEMS)
+async def get_store(store_id: str, services: ServicesDep, _: AdminDep) -> StoreOut:
+    return StoreOut.of(await services.tills.get_store(store_id))
+
+
+@router.post(
+    "/webhooks/{msn}/ensure",
+    response_model=EnsureOut,
+    responses=_PROBLEMS,
+    summary="Make sure the MSN has exactly one registration with every event we use",
+)
+async def ensure_webhook(msn: str, services: ServicesDep, admin: AdminDep) -> EnsureOut:
+    report = await services.webhooks.ensure(msn, actor=admin.actor)
+    return EnsureOut(
+        msn=report.msn,
+        registration_id=report.registration_id,
+        created=report.created,
+        removed=list(report.removed),
+        foreign=list(report.foreign),
+    )
+
+
+@router.get(
+    "/webhooks",
+    response_model=list[WebhookRegistrationOut],
+    responses=_PROBLEMS,
+    summary="Our webhook registrations (secrets are never shown)",
+)
+async def list_webhooks(services: ServicesDep, _: AdminDep) -> list[WebhookRegistrationOut]:
+    return [WebhookRegistrationOut.of(r) for r in await services.webhooks.list()]
+
+
+@router.get(
+    "/checkouts",
+    response_model=list[CheckoutOut],
+    responses=_PROBLEMS,
+    summary="List checkouts — e.g. what is stuck: ?state=PAYMENT_REQUESTED&olderThanSeconds=60",
+)
+async def list_checkouts(
+    services: ServicesDep,
+    _: AdminDep,
+    till_id: Annotated[str | None, Query(alias="tillId")] = None,
+    state: Annotated[list[str] | None, Query()] = None,
+    older_than_seconds: Annotated[int | None, Query(alias="olderThanSeconds", ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[CheckoutOut]:
+    older = timedelta(seconds=older_than_seconds) if older_than_seconds is not None else None
+    rows = await services.checkouts.list(
+        till_id=till_id, states=state, older_than=older, limit=limit
+    )
+    return [CheckoutOut.of(r) for r in rows]
+
+
+@router.post(
+    "/checkouts/{checkout_id}/resync",
+    response_model=CheckoutOut,
+    responses=_PROBLEMS,
+    summary="Ask Vipps now and repair the checkout's state",
+)
+async def resync_checkout(
+    checkout_id: str, services: ServicesDep, principal: PrincipalDep, _: AdminDep
+) -> CheckoutOut:
+    return CheckoutOut.of(await services.checkouts.resync(checkout_id))
+
+
+@router.get(
+    "/inbox",
+    response_model=list[InboxEventOut],
+    responses=_PROBLEMS,
+    summary="Received webhooks — e.g. ?status=UNMATCHED or FAILED (bodies are not shown)",
+)
+async def list_inbox(
+    services: ServicesDep,
+    _: AdminDep,
+    status: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[InboxEventOut]:
+    rows = await services.intake.list(statuses=status, limit=limit)
+    return [
+        InboxEventOut(
+            id=r.id,
+            msn=r.msn,
+            event_type=r.event_type,
+            reference=r.reference,
+            status=r.status,
+            outcome=r.outcome,
+            attempts=r.attempts,
+            last_error=r.last_error,
+            checkout_id=r.checkout_id,
+            received_at=r.received_at,
+            processed_at=r.processed_at,
+        )
+        for r in rows
+    ]

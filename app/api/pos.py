@@ -1,0 +1,224 @@
+"""The POS API (`/api/v1`): what cash registers code against. See docs/integration.md."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import PrincipalDep, ServicesDep, TillScope, own_till
+from app.api.schemas import ActiveCheckoutOut, AmountRequest, CheckoutOut, CreateCheckoutRequest
+from app.domain.state_machine import CapturePolicy
+from app.errors import PROBLEM_JSON
+from app.service.checkouts import CreateCheckout
+
+router = APIRouter(prefix="/api/v1", tags=["POS"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Same key and same body: the same checkout again. Other body: 409.",
+    ),
+]
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"content": {PROBLEM_JSON: {}}, "description": text}
+    for status, text in {
+        401: "Missing or unknown API key (`unauthorized`).",
+        403: "The key belongs to another till (`forbidden`).",
+        404: "No such checkout or till.",
+        409: "Conflict: `active_checkout_exists`, `idempotency_key_reused`, or a state rule.",
+        422: "Invalid request; `errors` names each field (`validation_error`).",
+        429: "Too many requests from this till (`rate_limited`, see Retry-After).",
+    }.items()
+}
+
+
+@router.post(
+    "/tills/{till_id}/checkouts",
+    status_code=201,
+    response_model=CheckoutOut,
+    responses=_PROBLEMS,
+    summary="Ring up a sale: the checkout waits for the customer's scan",
+)
+async def create_checkout(
+    till_id: TillScope,
+    body: CreateCheckoutRequest,
+    services: ServicesDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> CheckoutOut:
+    result = await services.checkouts.create(
+        till_id,
+        CreateCheckout(
+            amount=body.amount,
+            currency=body.currency,
+            receipt=body.receipt,
+            description=body.description,
+            capture_mode=CapturePolicy(body.capture_mode),
+        ),
+        idempotency_key,
+        body.model_dump(mode="json", by_alias=True),
+    )
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/api/v1/checkouts/{result.checkout.id}"
+    return CheckoutOut.of(result.checkout)
+
+
+@router.get(
+    "/tills/{till_id}/checkouts/active",
+    response_model=ActiveCheckoutOut,
+    responses=_PROBLEMS,
+    summary="What is active on this till",
+)
+async def active_checkout(till_id: TillScope, services: ServicesDep) -> ActiveCheckoutOut:
+    checkout = await services.checkouts.active(till_id)
+    return ActiveCheckoutOut(checkout=CheckoutOut.of(checkout) if checkout else None)
+
+
+@router.get(
+    "/checkouts/{checkout_id}",
+    response_model=CheckoutOut,
+    responses=_PROBLEMS,
+    summary="A checkout; with ?wait=N, long-poll up to N seconds for its next change",
+)
+async def get_checkout(
+    checkout_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    wait: Annotated[float, Query(ge=0, le=120, description="Seconds to wait for a change")] = 0,
+    version: Annotated[
+        int | None,
+        Query(description="Return as soon as the version differs from this one (no lost update)"),
+    ] = None,
+) -> CheckoutOut:
+    scope = own_till(principal)
+    if wait > 0:
+        checkout = await services.checkouts.wait_for_change(
+            scope, checkout_id, after_version=version, wait=wait
+        )
+    else:
+        checkout = await services.checkouts.get(scope, checkout_id)
+    return CheckoutOut.of(checkout)
+
+
+@router.post(
+    "/checkouts/{checkout_id}/cancel",
+    response_model=CheckoutOut,
+    responses=_PROBLEMS,
+    summary="Cancel; answers when the outcome is final (or the customer approved first)",
+)
+async def cancel_checkout(
+    checkout_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
+) -> CheckoutOut:
+    checkout = await services.checkouts.cancel(
+        own_till(principal),
+        checkout_id,
+        idempotency_key=idempotency_key,
+        actor=principal.actor,
+    )
+    return CheckoutOut.of(checkout)
+
+
+@router.post(
+    "/checkouts/{checkout_id}/capture",
+    response_model=CheckoutOut,
+    responses=_PROBLEMS,
+    summary="Capture (manual mode): all, or part — the rest of the reservation is released",
+)
+async def capture_checkout(
+    checkout_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    body: AmountRequest | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> CheckoutOut:
+    checkout = await services.checkouts.capture(
+        own_till(principal),
+        checkout_id,
+        body.amount if body else None,
+        idempotency_key=idempotency_key,
+        actor=principal.actor,
+    )
+    return CheckoutOut.of(checkout)
+
+
+@router.post(
+    "/checkouts/{checkout_id}/refund",
+    response_model=CheckoutOut,
+    responses=_PROBLEMS,
+    summary="Refund all or part of what was captured; may be repeated",
+)
+async def refund_checkout(
+    checkout_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    body: AmountRequest | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> CheckoutOut:
+    checkout = await services.checkouts.refund(
+        own_till(principal),
+        checkout_id,
+        body.amount if body else None,
+        idempotency_key=idempotency_key,
+        actor=principal.actor,
+    )
+    return CheckoutOut.of(checkout)
+
+
+@router.get(
+    "/tills/{till_id}/events",
+    responses={200: {"content": {"text/event-stream": {}}}, **_PROBLEMS},
+    summary="Server-Sent Events: this till's checkout changes, resumable with Last-Event-ID",
+)
+async def till_events(
+    till_id: TillScope,
+    request: Request,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    after: int | None = None
+    if last_event_id and last_event_id.isdigit():
+        after = int(last_event_id)
+    await services.tills.get(till_id)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        async for item in services.checkouts.till_feed(till_id, after=after):
+            if await request.is_disconnected():
+                return
+            if item is None:
+                yield b": keep-alive\n\n"
+                continue
+            payload = {
+                "changeId": item.change_id,
+                "kind": item.kind,
+                "checkoutId": item.checkout_id,
+                "data": item.data,
+                "checkout": (
+                    CheckoutOut.of(item.checkout).model_dump(mode="json", by_alias=True)
+                    if item.checkout is not None
+                    else None
+                ),
+            }
+            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
+                item.change_id,
+                item.kind.encode(),
+                orjson.dumps(payload),
+            )
+            await asyncio.sleep(0)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

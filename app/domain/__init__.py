@@ -1,0 +1,1 @@
+"""The checkout domain: states, events, the transition table, receipt rules. Pure: stdlib only."""

@@ -1,0 +1,418 @@
+"""Queries and writes. No business decisions: the service decides, this module persists.
+
+Locking rules (the service relies on them):
+
+* :func:`lock_till` serializes everything that touches one till's checkouts: Postgres takes the
+  till row ``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` already serializes all writers.
+* :func:`claim_outbox` and :func:`claim_inbox` are compare-and-set claims with
+  ``FOR UPDATE SKIP LOCKED`` on Postgres, so any number of replicas can run workers; a claim is a
+  lease, and an expired lease (a crashed worker) is claimable again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, and_, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from app.models import (
+    ACTIVE_CHECKOUT_STATES,
+    CheckIn,
+    Checkout,
+    CheckoutChange,
+    IdempotentRequest,
+    InboxEvent,
+    OutboxCommand,
+    Store,
+    Till,
+    WebhookRegistration,
+)
+
+T = TypeVar("T")
+
+
+async def _one(session: AsyncSession, statement: Select[tuple[T]]) -> T | None:
+    result: T | None = await session.scalar(statement)
+    return result
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    return (postgresql.insert if _is_postgres(session) else sqlite.insert)(table)
+
+
+# ---- stores and tills -------------------------------------------------------------------------
+
+
+async def get_store(session: AsyncSession, store_id: str) -> Store | None:
+    return await session.get(Store, store_id)
+
+
+async def list_stores(session: AsyncSession) -> Sequence[Store]:
+    return (await session.scalars(select(Store).order_by(Store.id))).all()
+
+
+async def get_till(session: AsyncSession, till_id: str) -> Till | None:
+    return await session.get(Till, till_id)
+
+
+async def get_till_by_key_id(session: AsyncSession, key_id: str) -> Till | None:
+    return await _one(session, select(Till).where(Till.api_key_id == key_id))
+
+
+async def get_till_by_qr(session: AsyncSession, merchant_qr_id: str) -> Till | None:
+    return await _one(session, select(Till).where(Till.merchant_qr_id == merchant_qr_id))
+
+
+async def lock_till(session: AsyncSession, till_id: str) -> Till | None:
+    """Load the till and hold its lock until the transaction ends."""
+    statement = select(Till).where(Till.id == till_id).with_for_update()
+    return await _one(session, statement.execution_options(populate_existing=True))
+
+
+async def list_tills(
+    session: AsyncSession, *, store_id: str | None = None, status: str | None = None
+) -> Sequence[Till]:
+    statement = select(Till).order_by(Till.store_id, Till.id)
+    if store_id:
+        statement = statement.where(Till.store_id == store_id)
+    if status:
+        statement = statement.where(Till.status == status)
+    return (await session.scalars(statement)).all()
+
+
+# ---- checkouts --------------------------------------------------------------------------------
+
+
+async def get_checkout(session: AsyncSession, checkout_id: str) -> Checkout | None:
+    return await session.get(Checkout, checkout_id, populate_existing=True)
+
+
+async def get_checkout_by_reference(
+    session: AsyncSession, msn: str, reference: str
+) -> Checkout | None:
+    return await _one(
+        session, select(Checkout).where(Checkout.msn == msn, Checkout.reference == reference)
+    )
+
+
+async def get_checkout_by_create_key(
+    session: AsyncSession, till_id: str, key: str
+) -> Checkout | None:
+    return await _one(
+        session, select(Checkout).where(Checkout.till_id == till_id, Checkout.create_key == key)
+    )
+
+
+async def active_checkout(session: AsyncSession, till_id: str) -> Checkout | None:
+    return await _one(
+        session,
+        select(Checkout)
+        .where(Checkout.till_id == till_id, Checkout.state.in_(ACTIVE_CHECKOUT_STATES))
+        .execution_options(populate_existing=True),
+    )
+
+
+async def list_checkouts(
+    session: AsyncSession,
+    *,
+    till_id: str | None = None,
+    store_id: str | None = None,
+    states: Sequence[str] | None = None,
+    older_than: datetime | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> Sequence[Checkout]:
+    statement = select(Checkout).order_by(Checkout.created_at.desc()).limit(limit)
+    if till_id:
+        statement = statement.where(Checkout.till_id == till_id)
+    if store_id:
+        statement = statement.where(Checkout.store_id == store_id)
+    if states:
+        statement = statement.where(Checkout.state.in_(states))
+    if older_than:
+        statement = statement.where(Checkout.updated_at < older_than)
+    if since:
+        statement = statement.where(Checkout.created_at >= since)
+    if until:
+        statement = statement.where(Checkout.created_at < until)
+    return (await session.scalars(statement)).all()
+
+
+async def checkouts_due_for_poll(
+    session: AsyncSession, states: Sequence[str], now: datetime, limit: int
+) -> Sequence[Checkout]:
+    """Checkouts waiting on Vipps whose next poll is due and that have no Vipps call queued."""
+    pending = exists().where(
+        OutboxCommand.checkout_id == Checkout.id,
+        OutboxCommand.status.in_(("PENDING", "IN_FLIGHT")),
+    )
+    statement = (
+        select(Checkout)
+        .where(Checkout.state.in_(states), Checkout.next_poll_at <= now, ~pending)
+        .order_by(Checkout.next_poll_at)
+        .limit(limit)
+    )
+    return (await session.scalars(statement)).all()
+
+
+async def checkouts_past_deadline(
+    session: AsyncSession, now: datetime, limit: int
+) -> Sequence[Checkout]:
+    """Unscanned checkouts past their expiry and member-price holds past their deadline."""
+    statement = (
+        select(Checkout)
+        .where(
+            or_(
+                and_(Checkout.state == "AWAITING_SCAN", Checkout.expires_at <= now),
+                and_(Checkout.state == "AWAITING_POS_UPDATE", Checkout.pos_update_deadline <= now),
+            )
+        )
+        .limit(limit)
+    )
+    return (await session.scalars(statement)).all()
+
+
+# ---- check-ins --------------------------------------------------------------------------------
+
+
+async def waiting_checkin(session: AsyncSession, till_id: str, now: datetime) -> CheckIn | None:
+    return await _one(
+        session,
+        select(CheckIn)
+        .where(CheckIn.till_id == till_id, CheckIn.status == "WAITING", CheckIn.expires_at > now)
+        .order_by(CheckIn.initiated_at.desc())
+        .limit(1),
+    )
+
+
+async def supersede_waiting_checkins(session: AsyncSession, till_id: str, status: str) -> None:
+    await session.execute(
+        update(CheckIn)
+        .where(CheckIn.till_id == till_id, CheckIn.status == "WAITING")
+        .values(status=status)
+    )
+
+
+async def expire_checkins(session: AsyncSession, now: datetime) -> int:
+    result = await session.execute(
+        update(CheckIn)
+        .where(CheckIn.status == "WAITING", CheckIn.expires_at <= now)
+        .values(status="EXPIRED")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# ---- changes (SSE feed) -----------------------------------------------------------------------
+
+
+async def changes_after(
+    session: AsyncSession, till_id: str, after_id: int, limit: int = 100
+) -> Sequence[CheckoutChange]:
+    return (
+        await session.scalars(
+            select(CheckoutChange)
+            .where(CheckoutChange.till_id == till_id, CheckoutChange.id > after_id)
+            .order_by(CheckoutChange.id)
+            .limit(limit)
+        )
+    ).all()
+
+
+async def last_change_id(session: AsyncSession, till_id: str) -> int:
+    value = await session.scalar(
+        select(func.max(CheckoutChange.id)).where(CheckoutChange.till_id == till_id)
+    )
+    return int(value or 0)
+
+
+# ---- inbox ------------------------------------------------------------------------------------
+
+
+async def insert_inbox(session: AsyncSession, values: dict[str, Any]) -> int | None:
+    """Insert unless the dedup key exists. Returns the new id, or ``None`` for a duplicate."""
+    statement = (
+        _insert(session, InboxEvent)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(InboxEvent.id)
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def claim_inbox(
+    session: AsyncSession, now: datetime, lease: timedelta, limit: int
+) -> Sequence[InboxEvent]:
+    """Claim due PENDING/FAILED events: mark them leased by moving next_attempt_at forward."""
+    candidates = (
+        select(InboxEvent.id)
+        .where(InboxEvent.status.in_(("PENDING", "FAILED")), InboxEvent.next_attempt_at <= now)
+        .order_by(InboxEvent.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.scalars(candidates)).all())
+    if not ids:
+        return []
+    await session.execute(
+        update(InboxEvent)
+        .where(InboxEvent.id.in_(ids))
+        .values(next_attempt_at=now + lease, attempts=InboxEvent.attempts + 1)
+    )
+    rows = await session.scalars(
+        select(InboxEvent)
+        .where(InboxEvent.id.in_(ids))
+        .order_by(InboxEvent.id)
+        .execution_options(populate_existing=True)
+    )
+    return rows.all()
+
+
+async def list_inbox(
+    session: AsyncSession, *, statuses: Sequence[str] | None = None, limit: int = 100
+) -> Sequence[InboxEvent]:
+    statement = select(InboxEvent).order_by(InboxEvent.id.desc()).limit(limit)
+    if statuses:
+        statement = statement.where(InboxEvent.status.in_(statuses))
+    return (await session.scalars(statement)).all()
+
+
+# ---- outbox -----------------------------------------------------------------------------------
+
+
+async def claim_outbox(
+    session: AsyncSession, now: datetime, lease: timedelta, limit: int
+) -> Sequence[OutboxCommand]:
+    """Claim due commands, at most the first unfinished one per checkout (commands of a checkout
+    run strictly in order: a capture never overtakes the create it depends on)."""
+    earlier = aliased(OutboxCommand)
+    blocked = exists().where(
+        earlier.checkout_id == OutboxCommand.checkout_id,
+        earlier.id < OutboxCommand.id,
+        earlier.status.in_(("PENDING", "IN_FLIGHT")),
+    )
+    due = or_(
+        and_(OutboxCommand.status == "PENDING", OutboxCommand.next_attempt_at <= now),
+        and_(OutboxCommand.status == "IN_FLIGHT", OutboxCommand.lease_until <= now),
+    )
+    candidates = (
+        select(OutboxCommand.id)
+        .where(due, or_(OutboxCommand.checkout_id.is_(None), ~blocked))
+        .order_by(OutboxCommand.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.scalars(candidates)).all())
+    if not ids:
+        return []
+    await session.execute(
+        update(OutboxCommand)
+        .where(OutboxCommand.id.in_(ids))
+        .values(
+            status="IN_FLIGHT",
+            lease_until=now + lease,
+            attempts=OutboxCommand.attempts + 1,
+            updated_at=now,
+        )
+    )
+    rows = await session.scalars(
+        select(OutboxCommand)
+        .where(OutboxCommand.id.in_(ids))
+        .order_by(OutboxCommand.id)
+        .execution_options(populate_existing=True)
+    )
+    return rows.all()
+
+
+async def get_outbox(session: AsyncSession, command_id: int) -> OutboxCommand | None:
+    return await session.get(OutboxCommand, command_id, populate_existing=True)
+
+
+async def count_outbox_kind(session: AsyncSession, checkout_id: str, kind: str) -> int:
+    value = await session.scalar(
+        select(func.count())
+        .select_from(OutboxCommand)
+        .where(OutboxCommand.checkout_id == checkout_id, OutboxCommand.kind == kind)
+    )
+    return int(value or 0)
+
+
+async def pending_commands(session: AsyncSession, checkout_id: str) -> Sequence[OutboxCommand]:
+    return (
+        await session.scalars(
+            select(OutboxCommand)
+            .where(
+                OutboxCommand.checkout_id == checkout_id,
+                OutboxCommand.status.in_(("PENDING", "IN_FLIGHT")),
+            )
+            .order_by(OutboxCommand.id)
+        )
+    ).all()
+
+
+async def queue_stats(session: AsyncSession, now: datetime) -> dict[str, tuple[int, float]]:
+    """Depth and age in seconds of the oldest item, for the inbox and the outbox."""
+    stats: dict[str, tuple[int, float]] = {}
+    for name, model, statuses, stamp in (
+        ("inbox", InboxEvent, ("PENDING", "FAILED"), InboxEvent.received_at),
+        ("outbox", OutboxCommand, ("PENDING", "IN_FLIGHT"), OutboxCommand.created_at),
+    ):
+        row = (
+            await session.execute(
+                select(func.count(), func.min(stamp)).where(model.status.in_(statuses))
+            )
+        ).one()
+        oldest = row[1]
+        age = 0.0
+        if oldest is not None:
+            if oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=now.tzinfo)
+            age = max(0.0, (now - oldest).total_seconds())
+        stats[name] = (int(row[0]), age)
+    return stats
+
+
+# ---- webhook registrations --------------------------------------------------------------------
+
+
+async def registrations_for_msn(session: AsyncSession, msn: str) -> Sequence[WebhookRegistration]:
+    return (
+        await session.scalars(
+            select(WebhookRegistration)
+            .where(WebhookRegistration.msn == msn)
+            .order_by(WebhookRegistration.created_at.desc())
+        )
+    ).all()
+
+
+async def all_registrations(session: AsyncSession) -> Sequence[WebhookRegistration]:
+    return (
+        await session.scalars(
+            select(WebhookRegistration).order_by(
+                WebhookRegistration.msn, WebhookRegistration.created_at
+            )
+        )
+    ).all()
+
+
+# ---- POS idempotency --------------------------------------------------------------------------
+
+
+async def get_idempotent_request(
+    session: AsyncSession, scope: str, key: str
+) -> IdempotentRequest | None:
+    return await _one(
+        session,
+        select(IdempotentRequest).where(
+            IdempotentRequest.scope == scope, IdempotentRequest.key == key
+        ),
+    )

@@ -1,0 +1,115 @@
+"""Errors the service raises for the edge to turn into problem+json. Codes are stable API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class _Problem(Protocol):
+    @property
+    def field(self) -> str: ...
+    @property
+    def code(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+
+
+class ServiceError(Exception):
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+        self.errors: list[dict[str, str]] | None = None
+        self.headers: dict[str, str] | None = None
+
+
+class NotFound(ServiceError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class CheckoutNotFound(NotFound):
+    code = "checkout_not_found"
+
+    def __init__(self, checkout_id: str) -> None:
+        super().__init__(f"checkout {checkout_id} not found")
+
+
+class TillNotFound(NotFound):
+    code = "till_not_found"
+
+    def __init__(self, till_id: str) -> None:
+        super().__init__(f"till {till_id} not found")
+
+
+class StoreNotFound(NotFound):
+    code = "store_not_found"
+
+    def __init__(self, store_id: str) -> None:
+        super().__init__(f"store {store_id} not found")
+
+
+class Conflict(ServiceError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class ActiveCheckoutExists(Conflict):
+    code = "active_checkout_exists"
+
+    def __init__(self, checkout_id: str, state: str) -> None:
+        super().__init__(
+            f"till already has an active checkout {checkout_id} ({state}); cancel or finish it",
+            activeCheckoutId=checkout_id,
+            activeCheckoutState=state,
+        )
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used with a different request body")
+
+
+class TillInactive(Conflict):
+    code = "till_inactive"
+
+    def __init__(self, till_id: str) -> None:
+        super().__init__(f"till {till_id} is deactivated")
+
+
+class TillExists(Conflict):
+    code = "till_exists"
+
+    def __init__(self, till_id: str) -> None:
+        super().__init__(f"till {till_id} already exists")
+
+
+class TransitionRefused(Conflict):
+    """The checkout's state does not allow the request; ``code`` comes from the state machine."""
+
+    def __init__(self, code: str, detail: str, state: str) -> None:
+        super().__init__(detail, state=state)
+        self.code = code
+
+
+class InvalidCheckout(ServiceError):
+    status, code, title = 422, "validation_error", "The request is not valid"
+
+    def __init__(self, problems: Sequence[_Problem]) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in list(problems)[:5]))
+        self.errors = [{"field": p.field, "code": p.code, "message": p.message} for p in problems]
+
+
+class VippsRefused(ServiceError):
+    """Vipps refused an operator action (e.g. creating a QR); its code is kept."""
+
+    status, code, title = 502, "vipps_refused", "Vipps MobilePay refused the request"
+
+
+class VippsUnreachable(ServiceError):
+    status, code, title = 503, "vipps_unavailable", "Vipps MobilePay is not reachable"

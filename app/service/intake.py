@@ -1,0 +1,356 @@
+"""Webhook intake and processing.
+
+Intake (:meth:`WebhookIntake.receive`) is deliberately small so Vipps gets its 2xx fast:
+verify the HMAC on the raw body against the MSN's stored secrets, insert into the inbox with a
+unique key (a duplicate is acknowledged and dropped), commit, wake the inbox worker. A delivery
+that fails verification writes nothing. A verified delivery we cannot understand is still stored
+(status ``FAILED``) and acknowledged — never dropped.
+
+Processing (:meth:`WebhookIntake.process`) runs in the inbox worker, one event per transaction,
+so one bad event never blocks the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from app import repository as repo
+from app.domain.state_machine import CheckoutState, Event, EventKind
+from app.models import CheckIn, CheckoutChange, InboxEvent
+from app.service.checkouts import CheckoutService
+from app.service.context import ServiceContext, Work, unit_of_work
+from app.service.errors import ServiceError
+from app.vipps.signature import WebhookSignatureError, verify_webhook
+
+log = structlog.get_logger("app.webhooks")
+
+CHECKED_IN = "user.checked-in.v1"
+_PAYMENT_EVENTS: dict[str, EventKind | None] = {
+    "AUTHORIZED": EventKind.VIPPS_AUTHORIZED,
+    "ABORTED": EventKind.VIPPS_ABORTED,
+    "EXPIRED": EventKind.VIPPS_EXPIRED,
+    "TERMINATED": EventKind.VIPPS_TERMINATED,
+    "CANCELLED": EventKind.CANCEL_SUCCEEDED,
+    # Signals only: the outbox records captures and refunds from Vipps's own answer (absolute
+    # totals), so these just prompt a re-read instead of adding amounts twice.
+    "CAPTURED": None,
+    "REFUNDED": None,
+    "CREATED": None,
+}
+
+
+class WebhookRejected(ServiceError):
+    status, code, title = 401, "invalid_signature", "Webhook signature rejected"
+
+
+class WebhookTooLarge(ServiceError):
+    status, code, title = 413, "payload_too_large", "Webhook body too large"
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    inbox_id: int | None
+    duplicate: bool
+    event_type: str
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    # Vipps sends up to 7 fractional digits; Python takes at most 6.
+    if "." in text:
+        head, _, rest = text.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        zone = rest[len(digits) :]
+        text = f"{head}.{digits[:6]}{zone}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def classify(payload: Any) -> tuple[str, str | None]:
+    """(event type, reference) from the payload; Vipps sends no event-type header."""
+    if not isinstance(payload, dict):
+        return "unknown", None
+    if "customerToken" in payload and "merchantQrId" in payload:
+        return CHECKED_IN, None
+    name = payload.get("name")
+    reference = payload.get("reference")
+    if isinstance(name, str) and isinstance(reference, str):
+        return f"epayments.payment.{name.lower()}.v1", reference
+    return "unknown", None
+
+
+def dedup_key(msn: str, event_type: str, payload: Any, body: bytes) -> str:
+    if event_type.startswith("epayments.") and isinstance(payload, dict):
+        # Vipps: key payment events on (reference, name, pspReference).
+        parts = [msn, event_type, payload.get("reference"), payload.get("pspReference")]
+        material = "|".join(str(p) for p in parts)
+    else:
+        material = msn + "|" + hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+class WebhookIntake:
+    def __init__(self, ctx: ServiceContext, checkouts: CheckoutService) -> None:
+        self.ctx = ctx
+        self.checkouts = checkouts
+        self._secrets: dict[str, tuple[float, list[str]]] = {}
+
+    def forget_secrets(self, msn: str | None = None) -> None:
+        if msn is None:
+            self._secrets.clear()
+        else:
+            self._secrets.pop(msn, None)
+
+    async def secrets_for(self, msn: str) -> list[str]:
+        """Every secret valid for the MSN (two during a rotation), cached for 30 s."""
+        cached = self._secrets.get(msn)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        async with self.ctx.sessions() as session:
+            registrations = await repo.registrations_for_msn(session, msn)
+        secrets = [self.ctx.secrets.decrypt(r.secret_enc) for r in registrations]
+        self._secrets[msn] = (time.monotonic() + 30, secrets)
+        return secrets
+
+    def registered_url(self, msn: str) -> str:
+        return f"{self.ctx.settings.webhooks.public_url.rstrip('/')}/{msn}"
+
+    async def receive(self, msn: str, headers: Mapping[str, str], body: bytes) -> IntakeResult:
+        settings = self.ctx.settings.webhooks
+        if len(body) > settings.max_body_bytes:
+            raise WebhookTooLarge(f"body exceeds {settings.max_body_bytes} bytes")
+        secrets = await self.secrets_for(msn)
+        if not secrets:
+            log.warning("vipps.webhook.rejected", msn=msn, reason="no registration for MSN")
+            raise WebhookRejected("no webhook registration for this sales unit")
+        now = self.ctx.clock()
+        try:
+            verify_webhook(
+                secrets,
+                path_and_query=settings.path_and_query.rstrip("/") + f"/{msn}",
+                host=settings.host,
+                headers=headers,
+                body=body,
+                now=now,
+                max_age=timedelta(seconds=settings.max_age_seconds),
+            )
+        except WebhookSignatureError as exc:
+            log.warning("vipps.webhook.rejected", msn=msn, reason=exc.reason)
+            raise WebhookRejected(exc.reason) from exc
+        try:
+            payload: Any = json.loads(body)
+        except ValueError:
+            payload = None
+        event_type, reference = classify(payload)
+        payload_msn = (
+            payload.get("msn") or payload.get("merchantSerialNumber")
+            if isinstance(payload, dict)
+            else None
+        )
+        event_time = None
+        if isinstance(payload, dict):
+            event_time = _parse_time(payload.get("initiatedAt") or payload.get("timestamp"))
+        understood = event_type != "unknown" and payload_msn in (None, msn)
+        encrypted = event_type == CHECKED_IN
+        text = body.decode("utf-8", errors="replace")
+        values = {
+            "dedup_key": dedup_key(msn, event_type, payload, body),
+            "msn": msn,
+            "event_type": event_type,
+            "reference": reference[:64] if reference else None,
+            "body": self.ctx.secrets.encrypt(text) if encrypted else text,
+            "body_encrypted": encrypted,
+            "event_time": event_time,
+            "received_at": now,
+            "status": "PENDING" if understood else "FAILED",
+            "attempts": 0,
+            "next_attempt_at": now if understood else now + timedelta(days=3650),
+            "last_error": None if understood else "payload not understood (kept for inspection)",
+        }
+        async with unit_of_work(self.ctx) as work:
+            inbox_id = await repo.insert_inbox(work.session, values)
+            work.inbox_added = inbox_id is not None and understood
+        self.ctx.metrics.observe_webhook_received(
+            event_type=event_type, msn=msn, received_at=now, vipps_timestamp=event_time
+        )
+        if inbox_id is None:
+            log.info("vipps.webhook.duplicate", msn=msn, event_type=event_type)
+            return IntakeResult(None, True, event_type)
+        log.info(
+            "vipps.webhook.received",
+            msn=msn,
+            event_type=event_type,
+            inbox_id=inbox_id,
+            reference=reference,
+        )
+        return IntakeResult(inbox_id, False, event_type)
+
+    # ---- processing ---------------------------------------------------------------------------
+
+    async def list(
+        self, *, statuses: list[str] | None = None, limit: int = 100
+    ) -> list[InboxEvent]:
+        async with self.ctx.sessions() as session:
+            return list(await repo.list_inbox(session, statuses=statuses, limit=limit))
+
+    def _payload(self, row: InboxEvent) -> dict[str, Any]:
+        text = self.ctx.secrets.decrypt(row.body) if row.body_encrypted else row.body
+        payload = json.loads(text)
+        if not isinstance(payload, dict):
+            raise ValueError("payload is not an object")
+        return payload
+
+    async def process(self, inbox_id: int) -> str:
+        """Process one stored event in its own transaction; returns the outcome label."""
+        async with unit_of_work(self.ctx) as work:
+            row = await work.session.get(InboxEvent, inbox_id, populate_existing=True)
+            if row is None or row.status in ("PROCESSED", "UNMATCHED"):
+                return "skipped"
+            payload = self._payload(row)
+            if row.event_type == CHECKED_IN:
+                outcome, checkout_id = await self._check_in(work, row, payload)
+            else:
+                outcome, checkout_id = await self._payment_event(work, row, payload)
+            now = self.ctx.clock()
+            row.status = "UNMATCHED" if outcome == "unmatched" else "PROCESSED"
+            row.outcome = outcome
+            row.checkout_id = checkout_id
+            row.processed_at = now
+            row.last_error = None
+        log.info(
+            "vipps.webhook.processed",
+            inbox_id=inbox_id,
+            event_type=row.event_type,
+            outcome=outcome,
+            checkout_id=checkout_id,
+        )
+        return outcome
+
+    async def record_failure(self, inbox_id: int, error: BaseException) -> None:
+        """Keep a failed event for inspection and retry it later with backoff."""
+        async with unit_of_work(self.ctx) as work:
+            row = await work.session.get(InboxEvent, inbox_id, populate_existing=True)
+            if row is None:
+                return
+            delay = min(
+                300.0, self.ctx.settings.workers.inbox_retry_seconds * 2 ** (row.attempts - 1)
+            )
+            row.status = "FAILED"
+            row.last_error = f"{type(error).__name__}: {str(error)[:500]}"
+            row.next_attempt_at = self.ctx.clock() + timedelta(seconds=delay)
+        log.warning(
+            "vipps.webhook.processing_failed",
+            inbox_id=inbox_id,
+            error=type(error).__name__,
+            retry_in_seconds=delay,
+        )
+
+    async def _check_in(
+        self, work: Work, row: InboxEvent, payload: dict[str, Any]
+    ) -> tuple[str, str | None]:
+        session = work.session
+        qr_id = str(payload.get("merchantQrId", ""))
+        token = payload.get("customerToken")
+        till = await repo.get_till_by_qr(session, qr_id)
+        if till is None or till.msn != row.msn or not isinstance(token, str) or not token:
+            return "unmatched", None
+        till = await repo.lock_till(session, till.id)
+        assert till is not None
+        now = self.ctx.clock()
+        initiated = _parse_time(payload.get("initiatedAt")) or row.received_at
+        lifetime = timedelta(seconds=self.ctx.settings.checkout.customer_token_lifetime_seconds)
+        margin = timedelta(seconds=self.ctx.settings.checkout.payment_request_margin_seconds)
+        expires = initiated + lifetime
+        checkin = CheckIn(
+            id=str(uuid.uuid4()),
+            till_id=till.id,
+            msn=row.msn or till.msn,
+            merchant_qr_id=qr_id,
+            customer_token_enc=self.ctx.secrets.encrypt(token),
+            initiated_at=initiated,
+            expires_at=expires,
+            status="WAITING",
+            inbox_id=row.id,
+            created_at=now,
+        )
+        session.add(checkin)
+        outcome: str
+        checkout_id: str | None = None
+        active = await repo.active_checkout(session, till.id)
+        if till.status != "ACTIVE":
+            checkin.status = outcome = "IGNORED_INACTIVE_TILL"
+        elif expires <= now + margin:
+            checkin.status = outcome = "EXPIRED"
+        elif active is not None and active.state == CheckoutState.AWAITING_SCAN.value:
+            checkin.status, checkin.checkout_id = "USED", active.id
+            active.customer_token_enc = checkin.customer_token_enc
+            active.customer_token_expires_at = expires
+            active.scanned_at = initiated
+            await self.checkouts.apply_locked(
+                work, active, Event(EventKind.CUSTOMER_SCANNED), actor="vipps:user.checked-in"
+            )
+            outcome, checkout_id = "attached", active.id
+        elif active is not None:
+            # A second scan at a busy till is never queued behind the current sale: it could be
+            # the same customer scanning twice, and a later sale must not be pushed to them.
+            checkin.status = outcome = "IGNORED_BUSY"
+            checkout_id = active.id
+        else:
+            await repo.supersede_waiting_checkins(session, till.id, "SUPERSEDED")
+            checkin.status = "WAITING"
+            outcome = "waiting"
+        if outcome != "attached":
+            session.add(
+                CheckoutChange(
+                    till_id=till.id,
+                    checkout_id=checkout_id,
+                    kind="scan." + outcome.lower(),
+                    state=None,
+                    data={"checkinId": checkin.id, "expiresAt": expires.isoformat()},
+                    at=now,
+                )
+            )
+            await work.announce(till.id, checkout_id)
+        log.info("checkout.scan", till_id=till.id, outcome=outcome.lower(), checkout_id=checkout_id)
+        return outcome.lower(), checkout_id
+
+    async def _payment_event(
+        self, work: Work, row: InboxEvent, payload: dict[str, Any]
+    ) -> tuple[str, str | None]:
+        session = work.session
+        reference = payload.get("reference")
+        name = str(payload.get("name", "")).upper()
+        if not isinstance(reference, str) or row.msn is None:
+            return "unmatched", None
+        checkout = await repo.get_checkout_by_reference(session, row.msn, reference)
+        if checkout is None:
+            return "unmatched", None
+        await repo.lock_till(session, checkout.till_id)
+        checkout = await repo.get_checkout(session, checkout.id)
+        assert checkout is not None
+        if payload.get("success") is False:
+            return "unsuccessful_ignored", checkout.id
+        kind = _PAYMENT_EVENTS.get(name)
+        if kind is None:
+            if CheckoutState(checkout.state).is_active:
+                checkout.next_poll_at = self.ctx.clock()  # re-read soon
+            return "signal", checkout.id
+        amount = payload.get("amount", {})
+        value = amount.get("value") if isinstance(amount, dict) else None
+        event = Event(kind, amount=value if isinstance(value, int) else None)
+        decision = await self.checkouts.apply_locked(work, checkout, event, actor=f"vipps:{name}")
+        return decision.outcome.value.lower(), checkout.id

@@ -1,0 +1,363 @@
+"""The outbox dispatcher: performs the Vipps calls that committed decisions asked for.
+
+Invariants:
+
+* A command is claimed as a lease; a worker that dies mid-call leaves it to be reclaimed when the
+  lease expires, and the retry sends the **same** ``Idempotency-Key`` and body, so Vipps returns
+  the original outcome instead of acting twice.
+* When an attempt's outcome is unknown (timeout after sending, connection dropped), the next
+  attempt asks Vipps first (GET the payment) and only re-sends if the effect is not there.
+* Commands of one checkout run in order (see :func:`repository.claim_outbox`).
+* At most 5 mutating calls per minute per payment reference (Vipps's limit, REFERENCE.md §7.11):
+  each call's time is recorded on the checkout, and a command that would exceed it waits.
+* No lock is held during a call: the claim commits before, the result is recorded after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from app import repository as repo
+from app.domain.state_machine import CommandKind, Event, EventKind
+from app.models import Checkout, OutboxCommand
+from app.service.checkouts import CheckoutService
+from app.service.context import ServiceContext, unit_of_work
+from app.service.sync import event_from_details, totals, with_totals
+from app.vipps.client import VippsClient
+from app.vipps.errors import (
+    VippsAuthError,
+    VippsError,
+    VippsNotFound,
+    VippsOutcomeUnknown,
+    VippsRejected,
+    VippsUnavailable,
+)
+from app.vipps.schemas import Amount, CreatePaymentRequest, ModificationResponse, PaymentDetails
+
+log = structlog.get_logger("app.outbox")
+
+RATE_LIMIT_CALLS = 5
+RATE_LIMIT_WINDOW = 60.0
+MAX_BACKOFF_SECONDS = 120.0
+_MUTATING = frozenset({"CREATE_PAYMENT", "CAPTURE", "CANCEL", "REFUND"})
+
+
+@dataclass(frozen=True)
+class Result:
+    """What to record once the call is over."""
+
+    status: str  # DONE | FAILED | RETRY
+    event: Event | None = None
+    retry_in: float = 0.0
+    outcome_unknown: bool = False
+    error: str | None = None
+    detail: dict[str, Any] | None = None
+    failure_code: str | None = None
+
+
+def _reason(error: VippsError) -> str:
+    code = f" {error.error_code}" if error.error_code else ""
+    return f"Vipps{code}: {error.title or error.detail or 'refused'}"[:500]
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        checkouts: CheckoutService,
+        vipps: VippsClient,
+        *,
+        club: Any | None = None,
+    ) -> None:
+        # ``vipps`` is a client without internal retries: this worker owns the retry schedule,
+        # so every attempt is visible to the rate limit and recorded.
+        self.ctx = ctx
+        self.checkouts = checkouts
+        self.vipps = vipps
+        self.club = club
+        self._calls: dict[str, deque[float]] = {}
+        self._inflight: set[int] = set()
+
+    # ---- loop ---------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.ctx.settings.workers
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:  # keep the worker alive; the error is logged, the lease expires
+                log.exception("outbox.loop_error")
+                handled = 0
+            if handled:
+                continue
+            self.ctx.hub.outbox_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.ctx.hub.outbox_wakeup.wait(), settings.outbox_poll_interval_seconds
+                )
+
+    async def run_once(self) -> int:
+        settings = self.ctx.settings.workers
+        async with unit_of_work(self.ctx) as work:
+            claimed = await repo.claim_outbox(
+                work.session,
+                self.ctx.clock(),
+                timedelta(seconds=settings.outbox_lease_seconds),
+                settings.outbox_batch_size,
+            )
+        if not claimed:
+            return 0
+        await asyncio.gather(*(self.dispatch(command) for command in claimed))
+        return len(claimed)
+
+    # ---- one command --------------------------------------------------------------------------
+
+    async def dispatch(self, command: OutboxCommand) -> None:
+        if command.id in self._inflight:
+            return
+        self._inflight.add(command.id)
+        try:
+            checkout = None
+            if command.checkout_id:
+                async with self.ctx.sessions() as session:
+                    checkout = await repo.get_checkout(session, command.checkout_id)
+            wait, stamp = self._rate_limit_wait(command, checkout)
+            if wait > 0:
+                await self._record(command, Result("RETRY", retry_in=wait, error="rate limited"))
+                return
+            started = time.monotonic()
+            try:
+                result = await self._perform(command, checkout)
+            except VippsOutcomeUnknown as exc:
+                result = self._retry(command, exc, unknown=True)
+            except VippsUnavailable as exc:
+                result = self._retry(command, exc, unknown=command.outcome_unknown)
+            except VippsAuthError as exc:
+                log.error("outbox.vipps_auth_failed", command_id=command.id, error=str(exc))
+                result = self._retry(command, exc, unknown=command.outcome_unknown, floor=30.0)
+            log.info(
+                "outbox.dispatched",
+                command_id=command.id,
+                kind=command.kind,
+                checkout_id=command.checkout_id,
+                attempt=command.attempts,
+                status=result.status,
+                seconds=round(time.monotonic() - started, 4),
+            )
+            await self._record(command, result, call_stamp=stamp)
+        except Exception:
+            log.exception("outbox.dispatch_error", command_id=command.id, kind=command.kind)
+        finally:
+            self._inflight.discard(command.id)
+
+    def _retry(
+        self, command: OutboxCommand, error: VippsError, *, unknown: bool, floor: float = 0.0
+    ) -> Result:
+        backoff = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** max(0, command.attempts - 1))
+        retry_after = getattr(error, "retry_after", None)
+        delay = max(floor, backoff, retry_after or 0.0)
+        return Result("RETRY", retry_in=delay, outcome_unknown=unknown, error=str(error)[:500])
+
+    def _rate_limit_wait(
+        self, command: OutboxCommand, checkout: Checkout | None
+    ) -> tuple[float, float | None]:
+        """Seconds to wait before this call may go out, and the call's stamp if it may now.
+
+        Stamps of recorded calls come from the checkout; calls this process has made but not yet
+        recorded are in ``self._calls`` under the same stamp, so none is counted twice.
+        """
+        if command.kind not in _MUTATING:
+            return 0.0, None
+        now = time.time()
+        key = f"{command.msn}:{command.reference}"
+        recorded = [t for t in (checkout.mutating_calls if checkout else []) if now - t < 60]
+        local = self._calls.setdefault(key, deque(maxlen=RATE_LIMIT_CALLS * 2))
+        while local and now - local[0] >= RATE_LIMIT_WINDOW:
+            local.popleft()
+        recent = sorted(set(recorded) | set(local))
+        if len(recent) >= RATE_LIMIT_CALLS:
+            return recent[-RATE_LIMIT_CALLS] + RATE_LIMIT_WINDOW - now + 0.05, None
+        local.append(now)
+        return 0.0, now
+
+    async def _perform(self, command: OutboxCommand, checkout: Checkout | None) -> Result:
+        kind = CommandKind(command.kind)
+        if checkout is None:
+            return Result("FAILED", error="checkout no longer exists")
+        match kind:
+            case CommandKind.CREATE_PAYMENT:
+                return await self._create(command, checkout)
+            case CommandKind.CAPTURE:
+                return await self._capture(command, checkout)
+            case CommandKind.CANCEL:
+                return await self._cancel(command, checkout)
+            case CommandKind.REFUND:
+                return await self._refund(command, checkout)
+            case CommandKind.EXCHANGE_TOKEN:
+                if self.club is None:
+                    event = Event(EventKind.IDENTIFY_FINISHED, reason="customer club not set up")
+                    return Result("DONE", event=event)
+                result: Result = await self.club.identify(command, checkout)
+                return result
+            case _:
+                raise AssertionError(f"unhandled command {kind}")
+
+    async def _payment(self, command: OutboxCommand) -> PaymentDetails | None:
+        assert command.reference is not None
+        try:
+            return await self.vipps.get_payment(command.msn, command.reference)
+        except VippsNotFound:
+            return None
+
+    async def _create(self, command: OutboxCommand, checkout: Checkout) -> Result:
+        if command.outcome_unknown:
+            # Did the earlier attempt create it? Ask before sending again.
+            details = await self._payment(command)
+            if details is not None:
+                return Result(
+                    "DONE", event=event_from_details(details) or Event(EventKind.PAYMENT_CREATED)
+                )
+        if not checkout.customer_token_enc:
+            event = Event(EventKind.PAYMENT_CREATE_REFUSED, reason="no customer token")
+            return Result("FAILED", event=event, failure_code="no_customer_token")
+        if (
+            checkout.customer_token_expires_at
+            and checkout.customer_token_expires_at <= self.ctx.clock()
+        ):
+            event = Event(EventKind.PAYMENT_CREATE_REFUSED, reason="customer token expired")
+            return Result("FAILED", event=event, failure_code="customer_token_expired")
+        body = dict(command.payload["body"])
+        body["customer"] = {"customerToken": self.ctx.secrets.decrypt(checkout.customer_token_enc)}
+        request = CreatePaymentRequest.model_validate(body)
+        try:
+            await self.vipps.create_payment(command.msn, request, command.idempotency_key)
+        except VippsRejected as exc:
+            event = Event(EventKind.PAYMENT_CREATE_REFUSED, reason=_reason(exc))
+            return Result(
+                "FAILED", event=event, error=_reason(exc), failure_code=exc.error_code or "rejected"
+            )
+        if checkout.scanned_at is not None:
+            self.ctx.metrics.observe_scan_to_payment_request(
+                store=checkout.store_id,
+                seconds=(self.ctx.clock() - checkout.scanned_at).total_seconds(),
+            )
+        return Result("DONE", event=Event(EventKind.PAYMENT_CREATED))
+
+    def _amount(self, command: OutboxCommand) -> Amount:
+        return Amount(currency=command.payload["currency"], value=int(command.payload["amount"]))
+
+    async def _capture(self, command: OutboxCommand, checkout: Checkout) -> Result:
+        amount = self._amount(command)
+        if command.outcome_unknown:
+            details = await self._payment(command)
+            before = int(command.payload.get("capturedBefore", 0))
+            if details and details.aggregate.captured_amount.value >= before + amount.value:
+                return Result(
+                    "DONE", event=with_totals(EventKind.CAPTURE_SUCCEEDED, details.aggregate)
+                )
+        assert command.reference is not None
+        try:
+            response = await self.vipps.capture_payment(
+                command.msn, command.reference, amount, command.idempotency_key
+            )
+        except VippsRejected as exc:
+            event = Event(EventKind.CAPTURE_FAILED, amount=amount.value, reason=_reason(exc))
+            return Result("FAILED", event=event, error=_reason(exc), failure_code=exc.error_code)
+        return self._modified(EventKind.CAPTURE_SUCCEEDED, response)
+
+    def _modified(self, kind: EventKind, response: ModificationResponse) -> Result:
+        return Result("DONE", event=with_totals(kind, response.aggregate))
+
+    async def _cancel(self, command: OutboxCommand, checkout: Checkout) -> Result:
+        assert command.reference is not None
+        only_pending = bool(command.payload.get("cancelTransactionOnly"))
+        try:
+            response = await self.vipps.cancel_payment(
+                command.msn,
+                command.reference,
+                command.idempotency_key,
+                cancel_transaction_only=only_pending,
+            )
+        except VippsRejected as exc:
+            if only_pending and exc.error_code == "6060":
+                # The customer approved before our cancel arrived (REFERENCE.md §7.6).
+                event = Event(EventKind.CANCEL_REFUSED_ALREADY_AUTHORIZED)
+                return Result("DONE", event=event, error=_reason(exc))
+            details = await self._payment(command)
+            if details is not None and details.state in ("ABORTED", "EXPIRED", "TERMINATED"):
+                return Result("DONE", event=event_from_details(details))
+            event = Event(EventKind.CANCEL_FAILED, reason=_reason(exc))
+            return Result("FAILED", event=event, error=_reason(exc), failure_code=exc.error_code)
+        if response.state == "TERMINATED":
+            cancelled = totals(response.aggregate)["cancelled_total"]
+            return Result(
+                "DONE",
+                event=Event(EventKind.VIPPS_TERMINATED, cancelled_total=cancelled),
+            )
+        return self._modified(EventKind.CANCEL_SUCCEEDED, response)
+
+    async def _refund(self, command: OutboxCommand, checkout: Checkout) -> Result:
+        amount = self._amount(command)
+        if command.outcome_unknown:
+            details = await self._payment(command)
+            before = int(command.payload.get("refundedBefore", 0))
+            if details and details.aggregate.refunded_amount.value >= before + amount.value:
+                return Result(
+                    "DONE", event=with_totals(EventKind.REFUND_SUCCEEDED, details.aggregate)
+                )
+        assert command.reference is not None
+        try:
+            response = await self.vipps.refund_payment(
+                command.msn, command.reference, amount, command.idempotency_key
+            )
+        except VippsRejected as exc:
+            event = Event(EventKind.REFUND_FAILED, amount=amount.value, reason=_reason(exc))
+            return Result("FAILED", event=event, error=_reason(exc), failure_code=exc.error_code)
+        return self._modified(EventKind.REFUND_SUCCEEDED, response)
+
+    # ---- recording ----------------------------------------------------------------------------
+
+    async def _record(
+        self, command: OutboxCommand, result: Result, *, call_stamp: float | None = None
+    ) -> None:
+        now = self.ctx.clock()
+        async with unit_of_work(self.ctx) as work:
+            checkout = None
+            if command.checkout_id:
+                checkout = await repo.get_checkout(work.session, command.checkout_id)
+                if checkout is not None:
+                    await repo.lock_till(work.session, checkout.till_id)
+                    checkout = await repo.get_checkout(work.session, command.checkout_id)
+            row = await repo.get_outbox(work.session, command.id)
+            if row is None or row.status in ("DONE", "FAILED", "CANCELLED"):
+                return  # another worker finished it (a lease overlap); its result stands
+            row.updated_at = now
+            row.last_error = result.error
+            if result.status == "RETRY":
+                row.status = "PENDING"
+                row.outcome_unknown = row.outcome_unknown or result.outcome_unknown
+                row.next_attempt_at = now + timedelta(seconds=result.retry_in)
+                row.lease_until = None
+            else:
+                row.status = result.status
+                row.completed_at = now
+                row.lease_until = None
+                row.result = result.detail or {"event": result.event.kind if result.event else None}
+            if checkout is not None:
+                if call_stamp is not None:
+                    recent = [t for t in checkout.mutating_calls or [] if call_stamp - t < 60]
+                    checkout.mutating_calls = [*recent[-(RATE_LIMIT_CALLS * 2) :], call_stamp]
+                if result.failure_code:
+                    checkout.failure_code = result.failure_code[:64]
+                if result.event is not None:
+                    await self.checkouts.apply_locked(
+                        work, checkout, result.event, actor=f"outbox:{row.kind.lower()}"
+                    )

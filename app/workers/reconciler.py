@@ -1,0 +1,95 @@
+"""The reconciler: finds what webhooks did not tell us, and every checkout left in limbo.
+
+Each pass:
+
+* polls Vipps for checkouts waiting on the customer or on a cancel (``PAYMENT_REQUESTED``,
+  ``CANCELLING``) and authorized ones, once their next poll is due — first about 5 s after the
+  request, then every 2 s, slowing to every 10 s after a minute (Vipps's polling guidance,
+  REFERENCE.md §7.11; reads are limited to 120 per minute per reference);
+* expires unscanned checkouts and member-price holds past their deadline, and stale check-ins;
+* re-issues the capture of an ``AUTHORIZED`` auto-capture checkout that has no capture queued
+  (e.g. after a crash before the capture was decided).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import structlog
+
+from app import repository as repo
+from app.domain.state_machine import CheckoutState, Event, EventKind
+from app.models import Checkout
+from app.service.checkouts import CheckoutService
+from app.service.context import ServiceContext, unit_of_work
+from app.vipps.client import VippsClient
+from app.vipps.errors import VippsError
+
+log = structlog.get_logger("app.reconciler")
+POLLED_STATES = (
+    CheckoutState.PAYMENT_REQUESTED.value,
+    CheckoutState.CANCELLING.value,
+    CheckoutState.AUTHORIZED.value,
+)
+
+
+class Reconciler:
+    def __init__(self, ctx: ServiceContext, checkouts: CheckoutService, vipps: VippsClient) -> None:
+        self.ctx = ctx
+        self.checkouts = checkouts
+        self.vipps = vipps
+
+    async def run(self, stop: asyncio.Event) -> None:
+        interval = self.ctx.settings.workers.reconcile_interval_seconds
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("reconciler.loop_error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def run_once(self) -> int:
+        now = self.ctx.clock()
+        repaired = 0
+        async with unit_of_work(self.ctx) as work:
+            overdue = await repo.checkouts_past_deadline(work.session, now, 200)
+            expired_checkins = await repo.expire_checkins(work.session, now)
+            due = await repo.checkouts_due_for_poll(work.session, POLLED_STATES, now, 50)
+        for checkout in overdue:
+            kind = (
+                EventKind.SCAN_TIMED_OUT
+                if checkout.state == CheckoutState.AWAITING_SCAN.value
+                else EventKind.POS_UPDATE_TIMED_OUT
+            )
+            await self.checkouts.apply(checkout.id, Event(kind), actor="reconciler")
+            repaired += 1
+        results = await asyncio.gather(*(self.poll(c) for c in due), return_exceptions=True)
+        repaired += sum(1 for r in results if r is True)
+        if expired_checkins:
+            log.info("reconciler.checkins_expired", count=expired_checkins)
+        return repaired
+
+    async def poll(self, checkout: Checkout) -> bool:
+        """Ask Vipps about one checkout and apply what it says. True if that changed anything."""
+        try:
+            changed = await self.checkouts.sync_with_vipps(checkout.id, actor="reconciler")
+        except VippsError as exc:
+            log.warning("reconciler.poll_failed", checkout_id=checkout.id, error=str(exc)[:200])
+            changed = False
+        await self._schedule(checkout.id)
+        return changed
+
+    async def _schedule(self, checkout_id: str) -> None:
+        workers = self.ctx.settings.workers
+        async with unit_of_work(self.ctx) as work:
+            checkout = await repo.get_checkout(work.session, checkout_id)
+            if checkout is None or not CheckoutState(checkout.state).is_active:
+                return
+            checkout.poll_count += 1
+            every = workers.reconcile_poll_every_seconds
+            if checkout.poll_count > 30:
+                every = max(every, 10.0)
+            checkout.next_poll_at = self.ctx.clock() + timedelta(seconds=every)

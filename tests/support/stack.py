@@ -1,0 +1,173 @@
+"""The service wired to the simulator, in-process (ASGI both ways) — fast flow tests.
+
+End-to-end tests over real HTTP use :mod:`tests.support.live` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.settings import Settings
+from app.simulator import Simulator, SimulatorConfig, create_simulator_app
+
+ADMIN_KEY = "test-admin-key-0123456789"
+SERVICE_URL = "http://pos.test"
+SIM_URL = "http://vipps.test"
+
+
+def test_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings for a service talking to the simulator. Fast worker cadence for tests."""
+    base: dict[str, Any] = {
+        "environment": "test",
+        "database": {"url": database_url},
+        "vipps": {
+            "base_url": SIM_URL,
+            "client_id": "sim-client-id",
+            "client_secret": "sim-client-secret",
+            "subscription_key": "sim-subscription-key",
+            "default_msn": "123456",
+        },
+        "webhooks": {"public_url": f"{SERVICE_URL}/webhooks/vipps"},
+        "security": {"admin_api_key": ADMIN_KEY},
+        "workers": {
+            "outbox_poll_interval_seconds": 0.05,
+            "reconcile_interval_seconds": 0.2,
+            "reconcile_first_poll_seconds": 1.0,
+            "reconcile_poll_every_seconds": 0.5,
+            "inbox_retry_seconds": 0.2,
+        },
+        "logging": {"level": "INFO", "json_logs": True},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return Settings.model_validate(base)
+
+
+@dataclass
+class Stack:
+    service: httpx.AsyncClient
+    sim: httpx.AsyncClient
+    simulator: Simulator
+    app: FastAPI
+    admin: dict[str, str] = field(default_factory=lambda: {"Authorization": f"Bearer {ADMIN_KEY}"})
+
+    async def register_till(
+        self, till_id: str = "till-1", store_id: str = "store-1", msn: str = "123456"
+    ) -> dict[str, Any]:
+        response = await self.service.post(
+            "/api/v1/tills",
+            json={
+                "tillId": till_id,
+                "storeId": store_id,
+                "locationDescription": f"Kasse {till_id}",
+                "msn": msn,
+            },
+            headers=self.admin,
+        )
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def ensure_webhook(self, msn: str = "123456") -> None:
+        response = await self.service.post(f"/api/v1/webhooks/{msn}/ensure", headers=self.admin)
+        assert response.status_code == 200, response.text
+
+    def till_headers(self, till: dict[str, Any]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {till['apiKey']}"}
+
+    async def checkout(
+        self, till: dict[str, Any], amount: int = 10000, **body: Any
+    ) -> dict[str, Any]:
+        response = await self.service.post(
+            f"/api/v1/tills/{till['tillId']}/checkouts",
+            json={"amount": amount, "currency": "NOK", **body},
+            headers=self.till_headers(till),
+        )
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def scan(self, till: dict[str, Any], phone: str | None = None) -> dict[str, Any]:
+        body = {"phoneNumber": phone} if phone else {}
+        response = await self.sim.post(f"/_sim/qr/{till['merchantQrId']}/scan", json=body)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def get(self, till: dict[str, Any], checkout_id: str, **params: Any) -> dict[str, Any]:
+        response = await self.service.get(
+            f"/api/v1/checkouts/{checkout_id}", params=params, headers=self.till_headers(till)
+        )
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def wait_for(
+        self,
+        till: dict[str, Any],
+        checkout_id: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        current = await self.get(till, checkout_id)
+        while not predicate(current):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"timed out; last seen {current['state']}: {current}")
+            current = await self.get(
+                till, checkout_id, wait=min(remaining, 2.0), version=current["version"]
+            )
+        return current
+
+    async def wait_state(
+        self, till: dict[str, Any], checkout_id: str, *states: str, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        return await self.wait_for(till, checkout_id, lambda c: c["state"] in states, timeout)
+
+    async def approve(self, reference: str) -> None:
+        response = await self.sim.post(f"/_sim/payments/{reference}/approve", json={})
+        assert response.status_code == 200, response.text
+
+    async def decline(self, reference: str) -> None:
+        response = await self.sim.post(f"/_sim/payments/{reference}/decline", json={})
+        assert response.status_code == 200, response.text
+
+
+@asynccontextmanager
+async def in_process_stack(
+    database_url: str,
+    *,
+    sim_config: SimulatorConfig | None = None,
+    **settings_overrides: Any,
+) -> AsyncIterator[Stack]:
+    settings = test_settings(database_url, **settings_overrides)
+    config = sim_config or SimulatorConfig(strict=True)
+    service_app: FastAPI
+    sim_app = create_simulator_app(config)
+    simulator: Simulator = sim_app.state.simulator
+    service_app = create_app(settings, vipps_transport=httpx.ASGITransport(app=sim_app))
+    # Deliveries from the simulator go straight into the service app.
+    simulator.webhooks.set_transport(httpx.ASGITransport(app=service_app))
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(sim_app.router.lifespan_context(sim_app))
+        await stack.enter_async_context(service_app.router.lifespan_context(service_app))
+        service = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=service_app), base_url=SERVICE_URL)
+        )
+        sim = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=sim_app), base_url=SIM_URL)
+        )
+        yield Stack(service=service, sim=sim, simulator=simulator, app=service_app)
