@@ -27,6 +27,11 @@ Invariants enforced here (and tested over every state × event pair):
   moves money except to *release* an authorization nobody will capture.
 * Duplicate or reordered Vipps events are no-ops (:attr:`Outcome.IGNORED`), never errors: Vipps
   retries anything we do not acknowledge.
+* Money totals only grow: Vipps reports absolute totals, and an older (smaller) report never
+  overwrites a newer one.
+* Calls in flight are *facts*, not bookkeeping: the service derives ``capture_pending``,
+  ``refund_pending`` and ``cancel_pending`` from the unfinished outbox commands, so a result
+  applied twice cannot count twice.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class EventKind(StrEnum):
     IDENTIFY_FINISHED = "IDENTIFY_FINISHED"
     # Timers (worker / reconciler)
     SCAN_TIMED_OUT = "SCAN_TIMED_OUT"
+    IDENTIFY_TIMED_OUT = "IDENTIFY_TIMED_OUT"
     POS_UPDATE_TIMED_OUT = "POS_UPDATE_TIMED_OUT"
     # Results of our own Vipps calls (outbox)
     PAYMENT_CREATED = "PAYMENT_CREATED"
@@ -156,19 +162,23 @@ class CheckoutFacts:
     captured: int = 0
     refunded: int = 0
     cancelled: int = 0
+    # Derived from unfinished outbox commands by the service.
     capture_pending: int = 0
     refund_pending: int = 0
+    cancel_pending: bool = False
     club_step: bool = False  # the store identifies members before paying
     member_price_hold: bool = False  # the till may change the amount after identification
     late_approval: LateApprovalPolicy = LateApprovalPolicy.RELEASE
 
     @property
     def capturable(self) -> int:
-        return self.authorized - self.captured - self.cancelled - self.capture_pending
+        if self.cancel_pending:
+            return 0  # the rest of the reservation is being released
+        return max(0, self.authorized - self.captured - self.cancelled - self.capture_pending)
 
     @property
     def refundable(self) -> int:
-        return self.captured - self.refunded - self.refund_pending
+        return max(0, self.captured - self.refunded - self.refund_pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +210,6 @@ class Decision:
     captured: int | None = None
     refunded: int | None = None
     cancelled: int | None = None
-    capture_pending: int | None = None
-    refund_pending: int | None = None
     capture_mode: CapturePolicy | None = None
     note: str | None = None
 
@@ -247,6 +255,11 @@ def _refuse(code: str, detail: str) -> Handler:
 _REQUEST_PAYMENT = Command(CommandKind.CREATE_PAYMENT)
 
 
+def _grown(current: int, reported: int | None) -> int:
+    """Vipps's totals only grow; a stale (smaller) report never rolls ours back."""
+    return current if reported is None else max(current, reported)
+
+
 def _on_scan(facts: CheckoutFacts, event: Event) -> Decision:
     if facts.club_step:
         return Decision(S.IDENTIFYING, Outcome.APPLIED, (Command(CommandKind.EXCHANGE_TOKEN),))
@@ -259,38 +272,42 @@ def _on_identified(facts: CheckoutFacts, event: Event) -> Decision:
     return Decision(S.PAYMENT_REQUESTED, Outcome.APPLIED, (_REQUEST_PAYMENT,), note=event.reason)
 
 
+def _authorized_amount(facts: CheckoutFacts, event: Event) -> int:
+    reported = event.authorized_total or event.amount or facts.amount
+    return max(facts.authorized, reported)
+
+
 def _capture_all(facts: CheckoutFacts, authorized: int) -> tuple[Command, ...]:
-    remaining = authorized - facts.captured - facts.cancelled - facts.capture_pending
-    if facts.capture_mode is CapturePolicy.AUTO and remaining > 0:
+    # Never more than the sale's amount, whatever the reservation says.
+    ceiling = min(authorized, facts.amount)
+    remaining = ceiling - facts.captured - facts.cancelled - facts.capture_pending
+    if facts.capture_mode is CapturePolicy.AUTO and remaining > 0 and not facts.cancel_pending:
         return (Command(CommandKind.CAPTURE, amount=remaining),)
     return ()
 
 
 def _on_authorized(facts: CheckoutFacts, event: Event) -> Decision:
-    authorized = event.authorized_total or event.amount or facts.amount
-    commands = _capture_all(facts, authorized)
-    pending = facts.capture_pending + sum(c.amount or 0 for c in commands)
+    authorized = _authorized_amount(facts, event)
     return Decision(
-        S.AUTHORIZED,
-        Outcome.APPLIED,
-        commands,
-        authorized=authorized,
-        capture_pending=pending,
+        S.AUTHORIZED, Outcome.APPLIED, _capture_all(facts, authorized), authorized=authorized
     )
 
 
 def _on_authorized_while_cancelling(facts: CheckoutFacts, event: Event) -> Decision:
-    # The cancel (cancelTransactionOnly) is already on its way and will be refused with 6060;
-    # its result applies the late-approval policy. Record the reservation meanwhile.
-    authorized = event.authorized_total or event.amount or facts.amount
-    return Decision(S.CANCELLING, Outcome.APPLIED, authorized=authorized)
+    authorized = _authorized_amount(facts, event)
+    if facts.cancel_pending:
+        # The cancel (cancelTransactionOnly) is on its way and will be refused with 6060; its
+        # result applies the late-approval policy. Record the reservation meanwhile.
+        return Decision(S.CANCELLING, Outcome.APPLIED, authorized=authorized)
+    # Our cancel failed or is long gone: apply the late-approval policy now.
+    return _late_approval(facts, authorized)
 
 
 def _release_late_authorization(facts: CheckoutFacts, event: Event) -> Decision:
     # Vipps says the customer approved a checkout we already closed without payment. Nobody will
     # capture it, so release the reservation (a full cancel) and keep our final state.
-    authorized = event.authorized_total or event.amount or facts.amount
-    if facts.authorized:
+    authorized = _authorized_amount(facts, event)
+    if facts.authorized or facts.cancel_pending:
         return Decision(facts.state, Outcome.IGNORED)
     return Decision(
         facts.state,
@@ -311,7 +328,7 @@ def _on_cancel_request(facts: CheckoutFacts, event: Event) -> Decision:
             (Command(CommandKind.CANCEL, cancel_transaction_only=True),),
         )
     if facts.state is S.AUTHORIZED:
-        if facts.capture_pending or facts.captured:
+        if facts.capture_pending or facts.captured or facts.cancel_pending:
             raise InvalidTransition(
                 facts.state, event.kind, "capture_in_progress", "money is being captured; refund it"
             )
@@ -322,28 +339,37 @@ def _on_cancel_request(facts: CheckoutFacts, event: Event) -> Decision:
     return Decision(S.CANCELLED, Outcome.APPLIED, note=event.reason or "cancelled by the till")
 
 
-def _on_cancel_refused_authorized(facts: CheckoutFacts, event: Event) -> Decision:
+def _late_approval(facts: CheckoutFacts, authorized: int) -> Decision:
     if facts.late_approval is LateApprovalPolicy.KEEP:
         return Decision(
             S.AUTHORIZED,
             Outcome.APPLIED,
-            authorized=facts.authorized or facts.amount,
+            authorized=authorized,
             capture_mode=CapturePolicy.MANUAL,
             note="customer approved before the cancel; reservation kept for the till",
         )
+    if facts.cancel_pending:
+        return Decision(S.CANCELLING, Outcome.IGNORED, authorized=authorized)  # release under way
     return Decision(
         S.CANCELLING,
         Outcome.APPLIED,
         (Command(CommandKind.CANCEL),),
-        authorized=facts.authorized or facts.amount,
+        authorized=authorized,
         note="customer approved before the cancel; reservation released",
     )
 
 
+def _on_cancel_refused_authorized(facts: CheckoutFacts, event: Event) -> Decision:
+    return _late_approval(facts, max(facts.authorized, facts.amount))
+
+
 def _on_cancelled(facts: CheckoutFacts, event: Event) -> Decision:
-    cancelled = event.cancelled_total if event.cancelled_total is not None else facts.cancelled
+    cancelled = _grown(facts.cancelled, event.cancelled_total)
     if facts.state is S.AUTHORIZED:
-        # Release of the remainder after a partial manual capture.
+        # Release of the remainder after a partial manual capture. With a capture still in
+        # flight its result decides (CAPTURE_SUCCEEDED then finds captured + cancelled complete).
+        if facts.capture_pending:
+            return Decision(S.AUTHORIZED, Outcome.APPLIED, cancelled=cancelled)
         if facts.captured > 0:
             return Decision(S.CAPTURED, Outcome.APPLIED, cancelled=cancelled)
         return Decision(S.CANCELLED, Outcome.APPLIED, cancelled=cancelled)
@@ -367,37 +393,26 @@ def _on_capture_request(facts: CheckoutFacts, event: Event) -> Decision:
     remainder = facts.capturable - amount
     if remainder > 0:
         commands.append(Command(CommandKind.CANCEL))  # release what will not be captured
-    return Decision(
-        S.AUTHORIZED,
-        Outcome.APPLIED,
-        tuple(commands),
-        capture_pending=facts.capture_pending + amount,
-    )
+    return Decision(S.AUTHORIZED, Outcome.APPLIED, tuple(commands))
 
 
 def _on_capture_succeeded(facts: CheckoutFacts, event: Event) -> Decision:
-    captured = event.captured_total if event.captured_total is not None else facts.captured
-    pending = max(0, facts.capture_pending - max(0, captured - facts.captured))
-    cancelled = event.cancelled_total if event.cancelled_total is not None else facts.cancelled
+    captured = _grown(facts.captured, event.captured_total)
+    cancelled = _grown(facts.cancelled, event.cancelled_total)
     authorized = facts.authorized or facts.amount
-    done = captured + cancelled >= authorized
-    state = S.CAPTURED if done and facts.state is S.AUTHORIZED else facts.state
-    return Decision(
-        state,
-        Outcome.APPLIED,
-        captured=captured,
-        capture_pending=pending,
-        cancelled=cancelled,
+    settled = captured + cancelled >= authorized and not facts.capture_pending
+    state = S.CAPTURED if settled and facts.state is S.AUTHORIZED else facts.state
+    outcome = (
+        Outcome.APPLIED
+        if state is not facts.state or (captured, cancelled) != (facts.captured, facts.cancelled)
+        else Outcome.IGNORED
     )
+    return Decision(state, outcome, captured=captured, cancelled=cancelled)
 
 
 def _on_capture_failed(facts: CheckoutFacts, event: Event) -> Decision:
-    return Decision(
-        facts.state,
-        Outcome.ANOMALY,
-        capture_pending=max(0, facts.capture_pending - (event.amount or facts.capture_pending)),
-        note=event.reason or "capture refused by Vipps",
-    )
+    # The failed command is no longer pending (the service derives that); just flag it.
+    return Decision(facts.state, Outcome.ANOMALY, note=event.reason or "capture refused by Vipps")
 
 
 def _on_refund_request(facts: CheckoutFacts, event: Event) -> Decision:
@@ -411,34 +426,24 @@ def _on_refund_request(facts: CheckoutFacts, event: Event) -> Decision:
             "amount_exceeds_captured",
             f"at most {facts.refundable} can be refunded",
         )
-    return Decision(
-        facts.state,
-        Outcome.APPLIED,
-        (Command(CommandKind.REFUND, amount=amount),),
-        refund_pending=facts.refund_pending + amount,
-    )
+    return Decision(facts.state, Outcome.APPLIED, (Command(CommandKind.REFUND, amount=amount),))
 
 
 def _on_refund_succeeded(facts: CheckoutFacts, event: Event) -> Decision:
-    refunded = event.refunded_total if event.refunded_total is not None else facts.refunded
-    settled = max(0, refunded - facts.refunded)
-    pending = max(0, facts.refund_pending - settled)
+    refunded = _grown(facts.refunded, event.refunded_total)
     if refunded <= 0:
         state = facts.state
     elif refunded >= facts.captured:
         state = S.REFUNDED
     else:
         state = S.PARTIALLY_REFUNDED
-    return Decision(state, Outcome.APPLIED, refunded=refunded, refund_pending=pending)
+    changed = state is not facts.state or refunded != facts.refunded
+    return Decision(state, Outcome.APPLIED if changed else Outcome.IGNORED, refunded=refunded)
 
 
 def _on_refund_failed(facts: CheckoutFacts, event: Event) -> Decision:
-    return Decision(
-        facts.state,
-        Outcome.ANOMALY,
-        refund_pending=max(0, facts.refund_pending - (event.amount or facts.refund_pending)),
-        note=event.reason or "refund refused by Vipps",
-    )
+    # The failed command is no longer pending (the service derives that); just flag it.
+    return Decision(facts.state, Outcome.ANOMALY, note=event.reason or "refund refused by Vipps")
 
 
 def _on_pos_update_late(facts: CheckoutFacts, event: Event) -> Decision:
@@ -462,6 +467,11 @@ def _table() -> dict[tuple[CheckoutState, EventKind], Handler]:
     t[S.AWAITING_SCAN, E.SCAN_TIMED_OUT] = _to(S.EXPIRED, note="nobody scanned in time")
 
     t[S.IDENTIFYING, E.IDENTIFY_FINISHED] = _on_identified
+    # The customer token must still be valid when the payment request goes out (15 minutes
+    # from the scan): past the identification budget, pay without membership.
+    t[S.IDENTIFYING, E.IDENTIFY_TIMED_OUT] = _to(
+        S.PAYMENT_REQUESTED, _REQUEST_PAYMENT, note="identification took too long"
+    )
     t[S.AWAITING_POS_UPDATE, E.POS_UPDATED] = _to(S.PAYMENT_REQUESTED, _REQUEST_PAYMENT)
     t[S.AWAITING_POS_UPDATE, E.POS_UPDATE_TIMED_OUT] = _to(
         S.PAYMENT_REQUESTED, _REQUEST_PAYMENT, note="no member price in time; original amount"
@@ -532,6 +542,7 @@ def _default(event: EventKind) -> Handler:
             E.CUSTOMER_SCANNED
             | E.IDENTIFY_FINISHED
             | E.SCAN_TIMED_OUT
+            | E.IDENTIFY_TIMED_OUT
             | E.POS_UPDATE_TIMED_OUT
             | E.PAYMENT_CREATED
             | E.PAYMENT_CREATE_REFUSED

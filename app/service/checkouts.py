@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -87,8 +87,33 @@ def new_reference(till_id: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """Vipps calls decided but not finished, from the outbox: the only source of "pending"."""
+
+    capture: int = 0
+    refund: int = 0
+    cancel: bool = False
+
+    @classmethod
+    def of(cls, commands: Sequence[OutboxCommand]) -> InFlight:
+        def amount(command: OutboxCommand) -> int:
+            return int(command.payload.get("amount") or 0)
+
+        return cls(
+            capture=sum(amount(c) for c in commands if c.kind == CommandKind.CAPTURE.value),
+            refund=sum(amount(c) for c in commands if c.kind == CommandKind.REFUND.value),
+            cancel=any(c.kind == CommandKind.CANCEL.value for c in commands),
+        )
+
+
 def facts_of(
-    checkout: Checkout, ctx: ServiceContext, *, club_step: bool, hold: bool
+    checkout: Checkout,
+    ctx: ServiceContext,
+    *,
+    club_step: bool,
+    hold: bool,
+    in_flight: InFlight,
 ) -> CheckoutFacts:
     return CheckoutFacts(
         state=CheckoutState(checkout.state),
@@ -98,8 +123,9 @@ def facts_of(
         captured=checkout.captured_value,
         refunded=checkout.refunded_value,
         cancelled=checkout.cancelled_value,
-        capture_pending=checkout.capture_pending_value,
-        refund_pending=checkout.refund_pending_value,
+        capture_pending=in_flight.capture,
+        refund_pending=in_flight.refund,
+        cancel_pending=in_flight.cancel,
         club_step=club_step,
         member_price_hold=hold,
         late_approval=LateApprovalPolicy(ctx.settings.checkout.cancel_after_approval),
@@ -132,7 +158,9 @@ class CheckoutService:
     ) -> Decision:
         """Decide and persist. The caller holds the till's lock (see :func:`repo.lock_till`)."""
         club_step, hold = await self._store_policy(work, checkout)
-        facts = facts_of(checkout, self.ctx, club_step=club_step, hold=hold)
+        await work.session.flush()  # outbox rows finished in this transaction count as finished
+        in_flight = InFlight.of(await repo.pending_commands(work.session, checkout.id))
+        facts = facts_of(checkout, self.ctx, club_step=club_step, hold=hold, in_flight=in_flight)
         try:
             decision = decide(facts, event)
         except InvalidTransition as exc:
@@ -157,8 +185,11 @@ class CheckoutService:
             "captured_value": decision.captured,
             "refunded_value": decision.refunded,
             "cancelled_value": decision.cancelled,
-            "capture_pending_value": decision.capture_pending,
-            "refund_pending_value": decision.refund_pending,
+            # A cache of the outbox for readers (the API): what is on its way to Vipps.
+            "capture_pending_value": facts.capture_pending
+            + sum(c.amount or 0 for c in decision.commands if c.kind is CommandKind.CAPTURE),
+            "refund_pending_value": facts.refund_pending
+            + sum(c.amount or 0 for c in decision.commands if c.kind is CommandKind.REFUND),
         }
         money_changed = False
         for column, value in bookkeeping.items():
