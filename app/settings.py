@@ -87,6 +87,11 @@ class VippsSettings(BaseModel):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("qr_category")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
     @property
     def is_vipps_host(self) -> bool:
         return self.base_url in (VIPPS_TEST_URL, VIPPS_PRODUCTION_URL)
@@ -151,6 +156,43 @@ class CheckoutSettings(BaseModel):
     max_wait_seconds: int = Field(default=30, ge=1, le=120)
 
 
+class ClubSettings(BaseModel):
+    """Customer club at the till (REFERENCE.md §5, §8). Each store's policy (off, lookup, enroll)
+    and member-price hold live in the database and are set through the admin API."""
+
+    directory_url: str | None = Field(
+        default=None,
+        description="Base URL of the chain's loyalty system (see app/loyalty/members.py for the "
+        "contract). Unset: members live in this service's own members table.",
+    )
+    directory_api_key: SecretStr | None = Field(
+        default=None, description="Sent as `Authorization: Bearer` to the loyalty system."
+    )
+    directory_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    enroll_wait_seconds: int = Field(
+        default=90,
+        ge=1,
+        le=840,
+        description="How long a sale waits for the customer to answer the enrollment login "
+        "before the payment goes out without membership (the login continues meanwhile).",
+    )
+    login_scope: str = Field(
+        default="openid name phoneNumber",
+        description="Scopes of the enrollment login; must include openid.",
+    )
+    login_requested_expiry_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        le=900,
+        description="`requested_expiry` of the enrollment login; unset: Vipps's default.",
+    )
+
+    @field_validator("directory_url")
+    @classmethod
+    def _strip_directory_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else None
+
+
 class WorkerSettings(BaseModel):
     enabled: bool = True
     outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
@@ -185,6 +227,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     security: SecuritySettings = SecuritySettings()
     checkout: CheckoutSettings = CheckoutSettings()
+    club: ClubSettings = ClubSettings()
     workers: WorkerSettings = WorkerSettings()
     logging: LogSettings = LogSettings()
 
@@ -208,6 +251,9 @@ class Settings(BaseSettings):
                 f"VIPPS_POS_VIPPS__BASE_URL={self.vipps.base_url} is not a Vipps MobilePay host "
                 f"({VIPPS_TEST_URL} or {VIPPS_PRODUCTION_URL}); a simulator is not allowed"
             )
+        directory = self.club.directory_url
+        if directory and not directory.startswith("https://"):
+            problems.append("VIPPS_POS_CLUB__DIRECTORY_URL must be https (it receives phone numbers)")
         if not self.webhooks.public_url.startswith("https://"):
             problems.append("VIPPS_POS_WEBHOOKS__PUBLIC_URL must be https (Vipps requires TLS)")
         return problems

@@ -42,6 +42,7 @@ from app.models import Checkout, CheckoutChange, IdempotentRequest, OutboxComman
 from app.notifications import checkout_key, till_key
 from app.service.audit import append_audit
 from app.service.context import ServiceContext, Work, unit_of_work
+from app.service.crashpoints import crash_point
 from app.service.errors import (
     ActiveCheckoutExists,
     CheckoutNotFound,
@@ -550,7 +551,7 @@ class CheckoutService:
         actor: str,
     ) -> tuple[Checkout, bool]:
         """Apply a till's request once per Idempotency-Key. Returns (checkout, replayed)."""
-        scope = f"checkout:{checkout_id}:{action}"
+        key_scope = f"checkout:{checkout_id}:{action}"
         digest = request_hash(body)
         async with unit_of_work(self.ctx) as work:
             checkout = await repo.get_checkout(work.session, checkout_id)
@@ -560,14 +561,14 @@ class CheckoutService:
             checkout = await repo.get_checkout(work.session, checkout_id)
             assert checkout is not None
             if idempotency_key:
-                seen = await repo.get_idempotent_request(work.session, scope, idempotency_key)
+                seen = await repo.get_idempotent_request(work.session, key_scope, idempotency_key)
                 if seen is not None:
                     if seen.request_hash != digest:
                         raise IdempotencyKeyReused()
                     return checkout, True
                 work.session.add(
                     IdempotentRequest(
-                        scope=scope,
+                        scope=key_scope,
                         key=idempotency_key,
                         request_hash=digest,
                         created_at=self.ctx.clock(),
@@ -623,6 +624,7 @@ class CheckoutService:
             body={"amount": amount},
             actor=actor,
         )
+        crash_point("capture.after_commit")
         return await self.wait_until(
             scope,
             checkout_id,

@@ -28,6 +28,7 @@ from app.domain.state_machine import CheckoutState, Event, EventKind
 from app.models import CheckIn, CheckoutChange, InboxEvent
 from app.service.checkouts import CheckoutService
 from app.service.context import ServiceContext, Work, unit_of_work
+from app.service.crashpoints import crash_point
 from app.service.errors import ServiceError
 from app.vipps.signature import WebhookSignatureError, verify_webhook
 
@@ -184,6 +185,8 @@ class WebhookIntake:
         async with unit_of_work(self.ctx) as work:
             inbox_id = await repo.insert_inbox(work.session, values)
             work.inbox_added = inbox_id is not None and understood
+        if inbox_id is not None:
+            crash_point("webhook.after_inbox_commit")
         self.ctx.metrics.observe_webhook_received(
             event_type=event_type, msn=msn, received_at=now, vipps_timestamp=event_time
         )

@@ -25,6 +25,7 @@ import math
 import random
 import re
 import secrets
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -111,6 +112,8 @@ class _Call:
     status: int = 500
     effect: bool = False
     replay: bool = False
+    # Wall-clock arrival (epoch seconds, full precision) for latency measurements (benchmarks/).
+    received_epoch: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -269,6 +272,7 @@ class Simulator:
             effect=call.effect,
             replay=call.replay,
             fault=fault,
+            received_epoch=call.received_epoch,
         )
         self.state.ledger.append(entry)
         note_ledger_entry(entry)

@@ -241,11 +241,13 @@ class LedgerEntry:
     replay: bool = False
     fault: str | None = None
     response_dropped: bool = False
+    received_epoch: float | None = None  # arrival, epoch seconds (``at`` is when it finished)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
             "at": iso_millis(self.at),
+            "receivedAtEpoch": self.received_epoch,
             "operation": self.operation,
             "msn": self.msn,
             "reference": self.reference,

@@ -59,6 +59,7 @@ class DeliveryAttempt:
     status_code: int | None
     error: str | None
     duration_ms: float
+    sent_epoch: float = 0.0  # when the POST left, epoch seconds (latency measurements)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Delivery:
                     "statusCode": a.status_code,
                     "error": a.error,
                     "durationMs": a.duration_ms,
+                    "sentAtEpoch": a.sent_epoch,
                 }
                 for a in self.attempts
             ],
@@ -309,6 +311,7 @@ class WebhookDispatcher:
         )
         headers["Content-Type"] = "application/json"
         delivery.headers = headers
+        sent_epoch = time.time()
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
@@ -323,6 +326,7 @@ class WebhookDispatcher:
                 status_code=status,
                 error=error,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                sent_epoch=sent_epoch,
             )
         )
         return status is not None and 200 <= status < 300

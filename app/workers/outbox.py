@@ -30,6 +30,7 @@ from app.domain.state_machine import CommandKind, Event, EventKind
 from app.models import Checkout, OutboxCommand
 from app.service.checkouts import CheckoutService
 from app.service.context import ServiceContext, unit_of_work
+from app.service.crashpoints import crash_point
 from app.service.sync import event_from_details, totals, with_totals
 from app.vipps.client import VippsClient
 from app.vipps.errors import (
@@ -134,6 +135,7 @@ class OutboxWorker:
                 await self._record(command, Result("RETRY", retry_in=wait, error="rate limited"))
                 return
             started = time.monotonic()
+            crash_point("outbox.before_call", command.kind)
             try:
                 result = await self._perform(command, checkout)
             except VippsOutcomeUnknown as exc:
@@ -152,6 +154,7 @@ class OutboxWorker:
                 status=result.status,
                 seconds=round(time.monotonic() - started, 4),
             )
+            crash_point("outbox.after_call", command.kind)
             await self._record(command, result, call_stamp=stamp)
         except Exception:
             log.exception("outbox.dispatch_error", command_id=command.id, kind=command.kind)

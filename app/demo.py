@@ -1,0 +1,334 @@
+"""``make demo``: the whole flow on the embedded default — SQLite and the Vipps simulator.
+
+Starts the simulator and the service over real HTTP on this machine, registers a till and the
+webhook, plays a few sales as a cash register and a customer would, and prints a timeline with
+timings. Exits 0 only when every scenario ended as expected.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from app.devstack import BackgroundServer, free_port
+from app.main import create_app
+from app.migrations import upgrade
+from app.settings import DEV_ADMIN_KEY, Settings
+from app.simulator import SimulatorConfig, create_simulator_app
+
+DEMO_DIR = Path("var/demo")
+MSN = "123456"
+console = Console(highlight=False, width=110)
+
+RECEIPT = {
+    "orderLines": [
+        {
+            "name": "Ullsokker",
+            "id": "sku-1001",
+            "totalAmount": 19800,
+            "totalAmountExcludingTax": 15840,
+            "totalTaxAmount": 3960,
+            "taxRate": 2500,
+            "unitInfo": {"unitPrice": 9900, "quantity": "2", "quantityUnit": "PCS"},
+        },
+        {
+            "name": "Termos",
+            "id": "sku-2002",
+            "totalAmount": 34900,
+            "totalAmountExcludingTax": 27920,
+            "totalTaxAmount": 6980,
+            "taxRate": 2500,
+            "unitInfo": {"unitPrice": 34900, "quantity": "1", "quantityUnit": "PCS"},
+        },
+    ],
+    "bottomLine": {"currency": "NOK", "receiptNumber": "100001"},
+}
+AMOUNT = 54700
+
+
+def _port(preferred: int) -> int:
+    try:
+        with __import__("socket").create_server(("127.0.0.1", preferred)):
+            return preferred
+    except OSError:
+        return free_port()
+
+
+@dataclass
+class Timeline:
+    started: float = field(default_factory=time.perf_counter)
+
+    def say(self, actor: str, text: str) -> None:
+        elapsed = (time.perf_counter() - self.started) * 1000
+        colour = {"till": "cyan", "customer": "magenta", "service": "green", "vipps": "yellow"}
+        console.print(
+            f"  [dim]{elapsed:8.0f} ms[/dim]  [{colour.get(actor, 'white')}]{actor:<8}[/]  {text}"
+        )
+
+
+class Demo:
+    def __init__(self, service_url: str, sim_url: str) -> None:
+        self.service = httpx.Client(base_url=service_url, timeout=30)
+        self.sim = httpx.Client(base_url=sim_url, timeout=30)
+        self.admin = {"Authorization": f"Bearer {DEV_ADMIN_KEY}"}
+        self.till: dict[str, Any] = {}
+        self.failures: list[str] = []
+
+    @property
+    def pos(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.till['apiKey']}"}
+
+    def setup(self) -> None:
+        console.rule("[bold]Setup")
+        line = Timeline()
+        ensured = self.service.post(f"/api/v1/webhooks/{MSN}/ensure", headers=self.admin)
+        ensured.raise_for_status()
+        line.say("service", f"webhook registered for MSN {MSN} (secret stored encrypted)")
+        response = self.service.post(
+            "/api/v1/tills",
+            json={"tillId": "kasse-1", "storeId": "oslo-sentrum", "locationDescription": "Kasse 1"},
+            headers=self.admin,
+        )
+        response.raise_for_status()
+        self.till = response.json()
+        line.say(
+            "service",
+            f"till kasse-1 registered; merchant callback QR {self.till['merchantQrId']} created",
+        )
+
+    # ---- building blocks ----------------------------------------------------------------------
+
+    def checkout(self, line: Timeline, **body: Any) -> dict[str, Any]:
+        payload = {"amount": AMOUNT, "currency": "NOK", "receipt": RECEIPT, **body}
+        response = self.service.post(
+            f"/api/v1/tills/{self.till['tillId']}/checkouts", json=payload, headers=self.pos
+        )
+        response.raise_for_status()
+        checkout: dict[str, Any] = response.json()
+        line.say(
+            "till", f"rings up {checkout['amount']['value'] / 100:.2f} NOK → {checkout['state']}"
+        )
+        return checkout
+
+    def scan(self, line: Timeline) -> None:
+        self.sim.post(f"/_sim/qr/{self.till['merchantQrId']}/scan", json={}).raise_for_status()
+        line.say("customer", "scans the QR sticker with the app")
+
+    def follow(
+        self,
+        line: Timeline,
+        checkout: dict[str, Any],
+        done: Callable[[dict[str, Any]], bool],
+        timeout: float = 20.0,
+    ) -> dict[str, Any]:
+        """Long-poll like a till: print every change until ``done``."""
+        deadline = time.monotonic() + timeout
+        current = checkout
+        while not done(current) and time.monotonic() < deadline:
+            response = self.service.get(
+                f"/api/v1/checkouts/{checkout['id']}",
+                params={"wait": 5, "version": current["version"]},
+                headers=self.pos,
+            )
+            response.raise_for_status()
+            seen = response.json()
+            if seen["version"] != current["version"]:
+                sent_now = seen["paymentSent"] and not current["paymentSent"]
+                detail = " — payment request is in the customer's app" if sent_now else ""
+                line.say("service", f"{seen['state']}{detail}")
+            current = seen
+        return current
+
+    def until_sent(self, line: Timeline, checkout: dict[str, Any]) -> dict[str, Any]:
+        return self.follow(line, checkout, lambda c: c["paymentSent"] or c["final"])
+
+    def until_final(self, line: Timeline, checkout: dict[str, Any]) -> dict[str, Any]:
+        return self.follow(line, checkout, lambda c: c["final"])
+
+    def expect(self, name: str, checkout: dict[str, Any], state: str) -> None:
+        if checkout["state"] == state:
+            console.print(f"  [bold green]✓[/] {name}: {state}")
+        else:
+            console.print(f"  [bold red]✗[/] {name}: expected {state}, got {checkout['state']}")
+            self.failures.append(name)
+
+    # ---- scenarios ----------------------------------------------------------------------------
+
+    def basket_then_scan(self) -> None:
+        console.rule("[bold]1. Basket first, then the customer scans")
+        line = Timeline()
+        checkout = self.checkout(line)
+        self.scan(line)
+        checkout = self.until_sent(line, checkout)
+        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
+        line.say("customer", "approves in the app")
+        checkout = self.until_final(line, checkout)
+        self.expect("basket then scan", checkout, "CAPTURED")
+
+    def scan_then_basket(self) -> None:
+        console.rule("[bold]2. The customer scans first, then the till rings up")
+        line = Timeline()
+        self.scan(line)
+        time.sleep(0.3)
+        line.say("service", "check-in waits for this till's next sale (token valid 15 min)")
+        checkout = self.checkout(line)
+        checkout = self.until_sent(line, checkout)
+        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
+        line.say("customer", "approves in the app")
+        checkout = self.until_final(line, checkout)
+        self.expect("scan then basket", checkout, "CAPTURED")
+
+    def declined(self) -> None:
+        console.rule("[bold]3. The customer declines")
+        line = Timeline()
+        checkout = self.checkout(line)
+        self.scan(line)
+        checkout = self.until_sent(line, checkout)
+        self.sim.post(f"/_sim/payments/{checkout['reference']}/decline", json={})
+        line.say("customer", "declines in the app")
+        checkout = self.until_final(line, checkout)
+        self.expect("declined", checkout, "REJECTED")
+
+    def cancelled(self) -> None:
+        console.rule("[bold]4. The cashier cancels while the customer hesitates")
+        line = Timeline()
+        checkout = self.checkout(line)
+        self.scan(line)
+        checkout = self.until_sent(line, checkout)
+        line.say("till", "cancels the sale")
+        response = self.service.post(f"/api/v1/checkouts/{checkout['id']}/cancel", headers=self.pos)
+        response.raise_for_status()
+        checkout = response.json()
+        line.say("service", f"{checkout['state']} (cancel answered once final)")
+        self.expect("cancelled", checkout, "CANCELLED")
+
+    def refund(self) -> None:
+        console.rule("[bold]5. A sale, then the customer returns the thermos")
+        line = Timeline()
+        checkout = self.checkout(line)
+        self.scan(line)
+        checkout = self.until_sent(line, checkout)
+        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
+        line.say("customer", "approves in the app")
+        checkout = self.until_final(line, checkout)
+        line.say("till", "refunds 349.00 NOK (the thermos)")
+        response = self.service.post(
+            f"/api/v1/checkouts/{checkout['id']}/refund",
+            json={"amount": 34900},
+            headers={**self.pos, "Idempotency-Key": f"refund-{checkout['id']}-1"},
+        )
+        response.raise_for_status()
+        checkout = response.json()
+        line.say(
+            "service", f"{checkout['state']}: refunded {checkout['refundedAmount'] / 100:.2f} NOK"
+        )
+        self.expect("partial refund", checkout, "PARTIALLY_REFUNDED")
+        response = self.service.post(
+            f"/api/v1/checkouts/{checkout['id']}/refund",
+            json={},
+            headers={**self.pos, "Idempotency-Key": f"refund-{checkout['id']}-2"},
+        )
+        response.raise_for_status()
+        checkout = response.json()
+        line.say(
+            "service", f"{checkout['state']}: refunded {checkout['refundedAmount'] / 100:.2f} NOK"
+        )
+        self.expect("full refund", checkout, "REFUNDED")
+
+    def run(self) -> int:
+        self.setup()
+        for scenario in (
+            self.basket_then_scan,
+            self.scan_then_basket,
+            self.declined,
+            self.cancelled,
+            self.refund,
+        ):
+            try:
+                scenario()
+            except httpx.HTTPError as exc:
+                console.print(f"  [bold red]✗[/] {scenario.__name__}: {exc}")
+                self.failures.append(scenario.__name__)
+        return len(self.failures)
+
+
+def run_demo(*, keep_running: bool = False) -> int:
+    if DEMO_DIR.exists():
+        shutil.rmtree(DEMO_DIR)
+    DEMO_DIR.mkdir(parents=True)
+    database_url = f"sqlite+aiosqlite:///{DEMO_DIR / 'demo.db'}"
+    service_port, sim_port = _port(8000), _port(8081)
+    service_url = f"http://127.0.0.1:{service_port}"
+    simulator = BackgroundServer(
+        create_simulator_app(SimulatorConfig(strict=True)), port=sim_port
+    ).start()
+    settings = Settings.model_validate(
+        {
+            "database": {"url": database_url},
+            "vipps": {
+                "base_url": simulator.url,
+                "client_id": "sim-client-id",
+                "client_secret": "sim-client-secret",
+                "subscription_key": "sim-subscription-key",
+                "default_msn": MSN,
+            },
+            "webhooks": {"public_url": f"{service_url}/webhooks/vipps"},
+            "workers": {"outbox_poll_interval_seconds": 0.1, "reconcile_interval_seconds": 0.5},
+            "logging": {"level": "WARNING"},
+        }
+    )
+    console.print(
+        f"[bold]vipps-pos demo[/] — SQLite at {DEMO_DIR / 'demo.db'}, simulator at {simulator.url}"
+    )
+    upgrade(database_url)
+    service = BackgroundServer(create_app(settings), port=service_port).start()
+    try:
+        demo = Demo(service.url, simulator.url)
+        failures = demo.run()
+        violations = httpx.get(f"{simulator.url}/_sim/violations").json()["violations"]
+        console.rule("[bold]Result")
+        if violations:
+            console.print(f"  [bold red]✗[/] {len(violations)} request(s) broke the Vipps specs")
+            failures += 1
+        else:
+            console.print("  [green]every request to Vipps matched the official OpenAPI specs[/]")
+        console.print(
+            f"  {'[bold green]all scenarios ended as expected' if not failures else f'[bold red]{failures} scenario(s) failed'}[/]"
+        )
+        _where_to_look(service.url, simulator.url, demo.till)
+        if keep_running:
+            console.print("\n  Service and simulator keep running; Ctrl-C stops them.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        return 0 if not failures else 1
+    finally:
+        service.stop()
+        simulator.stop()
+
+
+def _where_to_look(service_url: str, sim_url: str, till: dict[str, Any]) -> None:
+    console.rule("[bold]Where to look")
+    console.print(f"  API docs (OpenAPI):      {service_url}/docs")
+    console.print(f"  Simulator controls:      {sim_url}/_sim/docs")
+    console.print("  POS integration guide:   docs/integration.md")
+    console.print("  The same by hand (run `vipps-pos demo --keep-running` first):")
+    key = till.get("apiKey", "<till API key>")
+    console.print(
+        f"""[dim]
+    curl -s -X POST {service_url}/api/v1/tills/kasse-1/checkouts \\
+         -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+         -d '{{"amount": 12900, "currency": "NOK", "description": "Kjøp Kasse 1"}}'
+    curl -s -X POST {sim_url}/_sim/qr/{till.get("merchantQrId", "<merchantQrId>")}/scan
+    curl -s '{service_url}/api/v1/checkouts/<id>?wait=10' -H 'Authorization: Bearer {key}'
+    curl -s -X POST {sim_url}/_sim/payments/<reference>/approve[/dim]"""
+    )
