@@ -242,6 +242,11 @@ class Demo:
         )
         self.expect("full refund", checkout, "REFUNDED")
 
+    @staticmethod
+    def say_refunded(line: Timeline, checkout: dict[str, Any]) -> None:
+        refunded = checkout["refundedAmount"] / 100
+        line.say("service", f"{checkout['state']}: refunded {refunded:.2f} NOK in total")
+
     def run(self) -> int:
         self.setup()
         for scenario in (
@@ -299,9 +304,10 @@ def run_demo(*, keep_running: bool = False) -> int:
             failures += 1
         else:
             console.print("  [green]every request to Vipps matched the official OpenAPI specs[/]")
-        console.print(
-            f"  {'[bold green]all scenarios ended as expected' if not failures else f'[bold red]{failures} scenario(s) failed'}[/]"
-        )
+        if failures:
+            console.print(f"  [bold red]{failures} scenario(s) failed[/]")
+        else:
+            console.print("  [bold green]all scenarios ended as expected[/]")
         _where_to_look(service.url, simulator.url, demo.till)
         if keep_running:
             console.print("\n  Service and simulator keep running; Ctrl-C stops them.")
