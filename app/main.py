@@ -25,53 +25,14 @@ from app.notifications import ChangeHub
 from app.observability.logging import bind_request_id, clear_correlation, configure_logging
 from app.observability.metrics import Metrics
 from app.service import Services
+from app.service.bootstrap import vipps_clients, vipps_http_client
 from app.service.context import ServiceContext
 from app.settings import Environment, Settings
-from app.vipps.client import RetryPolicy, SystemInfo, VippsClient
-from app.vipps.tokens import AccessTokenProvider
 from app.workers.inbox import InboxWorker
 from app.workers.outbox import OutboxWorker
 from app.workers.reconciler import Reconciler
 
 log = structlog.get_logger("app.main")
-
-
-def _vipps_clients(
-    settings: Settings, http: httpx.AsyncClient, metrics: Metrics
-) -> tuple[VippsClient, VippsClient]:
-    """(client for requests and reads, client without retries for the outbox).
-
-    Both share one token cache. The outbox owns its retry schedule so that every attempt of a
-    money-moving call is recorded and counted against Vipps's 5-per-minute limit.
-    """
-    vipps = settings.vipps
-    system = SystemInfo(
-        name=vipps.system_name,
-        version=vipps.system_version,
-        plugin_name=vipps.plugin_name,
-        plugin_version=vipps.plugin_version,
-    )
-
-    def on_call(operation: str, status: int | None, seconds: float, code: str | None) -> None:
-        metrics.observe_vipps_call(
-            operation=operation, seconds=seconds, status=status, error_code=code
-        )
-
-    tokens = AccessTokenProvider(
-        http, vipps.base_url, system_headers=system.headers(), on_call=on_call
-    )
-    common: dict[str, Any] = {
-        "base_url": vipps.base_url,
-        "client_id": vipps.client_id,
-        "client_secret": vipps.client_secret,
-        "subscription_key": vipps.subscription_key,
-        "system": system,
-        "on_call": on_call,
-        "tokens": tokens,
-    }
-    interactive = VippsClient(http, retry=RetryPolicy(max_retries=vipps.max_retries), **common)
-    outbox = VippsClient(http, retry=RetryPolicy(max_retries=0), **common)
-    return interactive, outbox
 
 
 def create_app(
@@ -92,19 +53,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database)
         metrics = Metrics()
-        timeout = httpx.Timeout(
-            connect=settings.vipps.connect_timeout_seconds,
-            read=settings.vipps.read_timeout_seconds,
-            write=settings.vipps.read_timeout_seconds,
-            pool=settings.vipps.connect_timeout_seconds,
-        )
-        http = httpx.AsyncClient(
-            timeout=timeout,
-            transport=vipps_transport,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            follow_redirects=False,
-        )
-        vipps, outbox_vipps = _vipps_clients(settings, http, metrics)
+        http = vipps_http_client(settings, vipps_transport)
+        vipps, outbox_vipps = vipps_clients(settings, http, metrics)
         hub = ChangeHub()
         ctx = ServiceContext(
             settings=settings,
@@ -185,10 +135,11 @@ def create_app(
             )
         return response
 
-    from app.api import admin, health, pos, webhooks
+    from app.api import admin, health, pos, reports, webhooks
 
     app.include_router(health.router)
     app.include_router(webhooks.router)
     app.include_router(pos.router)
     app.include_router(admin.router)
+    app.include_router(reports.router)
     return app

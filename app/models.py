@@ -246,9 +246,10 @@ class WebhookRegistration(Base):
     url: Mapped[str] = mapped_column(Text)
     events: Mapped[list[str]] = mapped_column(JsonType)
     secret_enc: Mapped[str] = mapped_column(Text)
-    # ACTIVE | RETIRING (accepted during a rotation overlap)
+    # ACTIVE | RETIRING (deleted at Vipps; its secret still verifies for a grace period)
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = _ts()
+    retired_at: Mapped[datetime | None] = _ts(nullable=True)
 
 
 class Member(Base):

@@ -23,7 +23,7 @@ SERVICE_URL = "http://pos.test"
 SIM_URL = "http://vipps.test"
 
 
-def test_settings(database_url: str, **overrides: Any) -> Settings:
+def service_settings(database_url: str, **overrides: Any) -> Settings:
     """Settings for a service talking to the simulator. Fast worker cadence for tests."""
     base: dict[str, Any] = {
         "environment": "test",
@@ -153,7 +153,7 @@ async def in_process_stack(
     sim_config: SimulatorConfig | None = None,
     **settings_overrides: Any,
 ) -> AsyncIterator[Stack]:
-    settings = test_settings(database_url, **settings_overrides)
+    settings = service_settings(database_url, **settings_overrides)
     config = sim_config or SimulatorConfig(strict=True)
     service_app: FastAPI
     sim_app = create_simulator_app(config)
