@@ -171,10 +171,15 @@ class CheckoutFacts:
     late_approval: LateApprovalPolicy = LateApprovalPolicy.RELEASE
 
     @property
+    def capture_ceiling(self) -> int:
+        """Never capture more than the sale, even if Vipps reserved more."""
+        return min(self.authorized, self.amount)
+
+    @property
     def capturable(self) -> int:
         if self.cancel_pending:
             return 0  # the rest of the reservation is being released
-        return max(0, self.authorized - self.captured - self.cancelled - self.capture_pending)
+        return max(0, self.capture_ceiling - self.captured - self.cancelled - self.capture_pending)
 
     @property
     def refundable(self) -> int:
@@ -278,12 +283,16 @@ def _authorized_amount(facts: CheckoutFacts, event: Event) -> int:
 
 
 def _capture_all(facts: CheckoutFacts, authorized: int) -> tuple[Command, ...]:
-    # Never more than the sale's amount, whatever the reservation says.
+    # Never more than the sale's amount, whatever the reservation says; a reservation above it
+    # is released right after the capture.
     ceiling = min(authorized, facts.amount)
     remaining = ceiling - facts.captured - facts.cancelled - facts.capture_pending
-    if facts.capture_mode is CapturePolicy.AUTO and remaining > 0 and not facts.cancel_pending:
-        return (Command(CommandKind.CAPTURE, amount=remaining),)
-    return ()
+    if facts.capture_mode is not CapturePolicy.AUTO or remaining <= 0 or facts.cancel_pending:
+        return ()
+    capture = Command(CommandKind.CAPTURE, amount=remaining)
+    if authorized > facts.amount:
+        return (capture, Command(CommandKind.CANCEL))
+    return (capture,)
 
 
 def _on_authorized(facts: CheckoutFacts, event: Event) -> Decision:
@@ -328,7 +337,11 @@ def _on_cancel_request(facts: CheckoutFacts, event: Event) -> Decision:
             (Command(CommandKind.CANCEL, cancel_transaction_only=True),),
         )
     if facts.state is S.AUTHORIZED:
-        if facts.capture_pending or facts.captured or facts.cancel_pending:
+        if facts.cancel_pending:
+            raise InvalidTransition(
+                facts.state, event.kind, "release_in_progress", "the reservation is being released"
+            )
+        if facts.capture_pending or facts.captured:
             raise InvalidTransition(
                 facts.state, event.kind, "capture_in_progress", "money is being captured; refund it"
             )
@@ -378,6 +391,18 @@ def _on_cancelled(facts: CheckoutFacts, event: Event) -> Decision:
     return Decision(facts.state, Outcome.IGNORED, cancelled=cancelled)
 
 
+def _on_release_failed(facts: CheckoutFacts, event: Event) -> Decision:
+    # Releasing the rest after a partial capture was refused. The captured part is the sale;
+    # the rest of the reservation lapses at Vipps on its own. Do not strand the till.
+    if facts.captured > 0 and not facts.capture_pending:
+        return Decision(
+            S.CAPTURED,
+            Outcome.ANOMALY,
+            note=event.reason or "release of the uncaptured rest refused; it lapses at Vipps",
+        )
+    return Decision(facts.state, Outcome.IGNORED)
+
+
 def _on_capture_request(facts: CheckoutFacts, event: Event) -> Decision:
     amount = event.amount if event.amount is not None else facts.capturable
     if amount <= 0:
@@ -399,7 +424,7 @@ def _on_capture_request(facts: CheckoutFacts, event: Event) -> Decision:
 def _on_capture_succeeded(facts: CheckoutFacts, event: Event) -> Decision:
     captured = _grown(facts.captured, event.captured_total)
     cancelled = _grown(facts.cancelled, event.cancelled_total)
-    authorized = facts.authorized or facts.amount
+    authorized = min(facts.authorized or facts.amount, facts.amount)
     settled = captured + cancelled >= authorized and not facts.capture_pending
     state = S.CAPTURED if settled and facts.state is S.AUTHORIZED else facts.state
     outcome = (
@@ -515,6 +540,7 @@ def _table() -> dict[tuple[CheckoutState, EventKind], Handler]:
     t[S.AUTHORIZED, E.CAPTURE_REQUESTED] = _on_capture_request
     t[S.AUTHORIZED, E.CAPTURE_SUCCEEDED] = _on_capture_succeeded
     t[S.AUTHORIZED, E.CAPTURE_FAILED] = _on_capture_failed
+    t[S.AUTHORIZED, E.CANCEL_FAILED] = _on_release_failed
     for state in PAID_STATES:
         t[state, E.CAPTURE_SUCCEEDED] = _on_capture_succeeded  # totals only, state kept
         t[state, E.CAPTURE_REQUESTED] = _refuse("already_captured", "the payment is captured")
