@@ -27,7 +27,7 @@ DEMO_DIR = Path("var/demo")
 MSN = "123456"
 console = Console(highlight=False, width=110)
 
-RECEIPT = {
+RECEIPT: dict[str, Any] = {
     "orderLines": [
         {
             "name": "Ullsokker",
@@ -51,6 +51,25 @@ RECEIPT = {
     "bottomLine": {"currency": "NOK", "receiptNumber": "100001"},
 }
 AMOUNT = 54700
+MEMBER_PHONE, NEW_MEMBER_PHONE = "4712345678", "4798765432"  # the simulator's test users
+
+
+def _member_receipt() -> dict[str, Any]:
+    """The same basket with 10 % member discount on every line (totals still add up)."""
+    lines = []
+    for line in RECEIPT["orderLines"]:
+        total = round(line["totalAmount"] * 0.9)
+        tax = round(total * 0.2)
+        lines.append(
+            {
+                **line,
+                "totalAmount": total,
+                "totalAmountExcludingTax": total - tax,
+                "totalTaxAmount": tax,
+                "discount": line["totalAmount"] - total,
+            }
+        )
+    return {"orderLines": lines, "bottomLine": {"currency": "NOK", "receiptNumber": "100002"}}
 
 
 def _port(preferred: int) -> int:
@@ -247,6 +266,82 @@ class Demo:
         refunded = checkout["refundedAmount"] / 100
         line.say("service", f"{checkout['state']}: refunded {refunded:.2f} NOK in total")
 
+    def club_setup(self) -> None:
+        console.rule("[bold]Customer club: the store identifies members and enrolls new ones")
+        line = Timeline()
+        store = {"clubPolicy": "enroll", "memberPriceHold": True, "memberPriceHoldSeconds": 3}
+        self.service.put(
+            "/api/v1/stores/oslo-sentrum", json=store, headers=self.admin
+        ).raise_for_status()
+        line.say("service", "store oslo-sentrum: club policy 'enroll', member prices before paying")
+        self.service.post(
+            "/api/v1/members",
+            json={"phoneNumber": MEMBER_PHONE, "name": "Ola Nordmann"},
+            headers=self.admin,
+        ).raise_for_status()
+        line.say("service", "Ola Nordmann is a member (phone stored encrypted, looked up by hash)")
+
+    def member_sale(self) -> None:
+        console.rule("[bold]6. A member scans; the till applies member prices")
+        line = Timeline()
+        checkout = self.checkout(line)
+        self.sim.post(
+            f"/_sim/qr/{self.till['merchantQrId']}/scan", json={"phoneNumber": MEMBER_PHONE}
+        ).raise_for_status()
+        line.say("customer", "Ola scans the QR")
+        checkout = self.follow(line, checkout, lambda c: c["state"] == "AWAITING_POS_UPDATE")
+        member_id = (checkout.get("member") or {}).get("id")
+        member = self.service.get(f"/api/v1/members/{member_id}", headers=self.admin).json()
+        line.say("till", f"shows: customer identified — member {member.get('name')}")
+        receipt = _member_receipt()
+        amount = sum(line_["totalAmount"] for line_ in receipt["orderLines"])
+        response = self.service.post(
+            f"/api/v1/checkouts/{checkout['id']}/member-price",
+            json={"amount": amount, "receipt": receipt},
+            headers={**self.pos, "Idempotency-Key": f"member-price-{checkout['id']}"},
+        )
+        response.raise_for_status()
+        line.say("till", f"sends the member price {amount / 100:.2f} NOK (was {AMOUNT / 100:.2f})")
+        checkout = self.until_sent(line, response.json())
+        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
+        line.say("customer", "approves in the app")
+        checkout = self.until_final(line, checkout)
+        self.expect("member sale", checkout, "CAPTURED")
+        if checkout["capturedAmount"] != amount:
+            self.failures.append("member price not charged")
+
+    def enrollment(self) -> None:
+        console.rule("[bold]7. A non-member scans and joins the club in the app")
+        line = Timeline()
+        checkout = self.checkout(line)
+        self.sim.post(
+            f"/_sim/qr/{self.till['merchantQrId']}/scan", json={"phoneNumber": NEW_MEMBER_PHONE}
+        ).raise_for_status()
+        line.say("customer", "Kari scans the QR")
+        checkout = self.follow(
+            line, checkout, lambda c: (c.get("member") or {}).get("outcome") == "enrolling"
+        )
+        line.say("service", f"asks Kari to join: {(checkout.get('member') or {}).get('note')}")
+        logins = self.sim.get("/_sim/logins").json()
+        pending = [item for item in logins if item.get("state", "PENDING") == "PENDING"]
+        auth_req_id = (pending or logins)[-1]["authReqId"]
+        self.sim.post(f"/_sim/logins/{auth_req_id}/consent", json={}).raise_for_status()
+        line.say("customer", "consents in the app")
+        checkout = self.follow(line, checkout, lambda c: c["state"] == "AWAITING_POS_UPDATE")
+        line.say("till", "new member: no member price this time (the hold lapses after 3 s)")
+        checkout = self.follow(line, checkout, lambda c: c["paymentSent"], timeout=40)
+        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
+        line.say("customer", "approves in the app")
+        checkout = self.until_final(line, checkout)
+        self.expect("enrollment", checkout, "CAPTURED")
+        member_id = (checkout.get("member") or {}).get("id")
+        if member_id:
+            member = self.service.get(f"/api/v1/members/{member_id}", headers=self.admin).json()
+            name, phone = member.get("name"), member.get("phoneNumber")
+            line.say("service", f"member stored: {name}, phone {phone}")
+        else:
+            self.failures.append("enrollment stored no member")
+
     def run(self) -> int:
         self.setup()
         for scenario in (
@@ -255,6 +350,9 @@ class Demo:
             self.declined,
             self.cancelled,
             self.refund,
+            self.club_setup,
+            self.member_sale,
+            self.enrollment,
         ):
             try:
                 scenario()
@@ -272,7 +370,7 @@ def run_demo(*, keep_running: bool = False) -> int:
     service_port, sim_port = _port(8000), _port(8081)
     service_url = f"http://127.0.0.1:{service_port}"
     simulator = BackgroundServer(
-        create_simulator_app(SimulatorConfig(strict=True)), port=sim_port
+        create_simulator_app(SimulatorConfig(strict=True, ciba_interval_seconds=1)), port=sim_port
     ).start()
     settings = Settings.model_validate(
         {

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
+from app.api.middleware import CorrelationMiddleware
 from app.crypto import SecretBox
 from app.db import create_engine, create_session_factory
 from app.errors import install_problem_handlers
+from app.loyalty.members import build_directory
+from app.loyalty.service import ClubService
 from app.notifications import ChangeHub
-from app.observability.logging import bind_request_id, clear_correlation, configure_logging
+from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
 from app.service import Services
 from app.service.bootstrap import vipps_clients, vipps_http_client
@@ -65,14 +66,20 @@ def create_app(
             metrics=metrics,
         )
         services = Services.build(ctx)
+        club = ClubService(
+            ctx,
+            services.checkouts,
+            build_directory(settings.club, ctx.sessions, ctx.secrets),
+        )
         app.state.services = services
+        app.state.club = club
         app.state.settings = settings
         app.state.metrics = metrics
         await hub.start_listening(settings.database.url)
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         workers = (
-            OutboxWorker(ctx, services.checkouts, outbox_vipps),
+            OutboxWorker(ctx, services.checkouts, outbox_vipps, club=club),
             InboxWorker(ctx, services.intake),
             Reconciler(ctx, services.checkouts, vipps),
         )
@@ -96,6 +103,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await club.aclose()
             await hub.stop()
             await http.aclose()
             await engine.dispose()
@@ -113,33 +121,16 @@ def create_app(
     )
     install_problem_handlers(app)
 
-    @app.middleware("http")
-    async def correlation(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = bind_request_id(request.headers.get("x-request-id"))
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            clear_correlation()
-        response.headers["x-request-id"] = request_id
-        route = request.scope.get("route")
-        metrics: Metrics | None = getattr(request.app.state, "metrics", None)
-        if metrics is not None and route is not None:
-            metrics.observe_http_request(
-                method=request.method,
-                route=getattr(route, "path", "_unmatched"),
-                status=response.status_code,
-                seconds=time.perf_counter() - started,
-            )
-        return response
+    # Request id, audit endpoint name and HTTP metrics (a plain ASGI middleware: see its module).
+    app.add_middleware(CorrelationMiddleware)
 
-    from app.api import admin, health, pos, reports, webhooks
+    from app.api import admin, club, display, health, pos, reports, webhooks
 
     app.include_router(health.router)
+    app.include_router(display.router)
     app.include_router(webhooks.router)
     app.include_router(pos.router)
     app.include_router(admin.router)
+    app.include_router(club.router)
     app.include_router(reports.router)
     return app

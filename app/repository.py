@@ -11,7 +11,7 @@ Locking rules (the service relies on them):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from sqlalchemy.orm import aliased
 
 from app.models import (
     ACTIVE_CHECKOUT_STATES,
+    AuditEntry,
     CheckIn,
     Checkout,
     CheckoutChange,
@@ -176,6 +177,21 @@ async def checkouts_past_deadline(
                 and_(Checkout.state == "AWAITING_SCAN", Checkout.expires_at <= now),
                 and_(Checkout.state == "AWAITING_POS_UPDATE", Checkout.pos_update_deadline <= now),
             )
+        )
+        .limit(limit)
+    )
+    return (await session.scalars(statement)).all()
+
+
+async def checkouts_identifying_past(
+    session: AsyncSession, token_deadline: datetime, limit: int
+) -> Sequence[Checkout]:
+    """Checkouts still in the club step whose customer token expires by ``token_deadline``."""
+    statement = (
+        select(Checkout)
+        .where(
+            Checkout.state == "IDENTIFYING",
+            Checkout.customer_token_expires_at <= token_deadline,
         )
         .limit(limit)
     )
@@ -416,3 +432,79 @@ async def get_idempotent_request(
             IdempotentRequest.scope == scope, IdempotentRequest.key == key
         ),
     )
+
+
+# ---- operator reports -------------------------------------------------------------------------
+
+
+async def checkouts_created_between(
+    session: AsyncSession, since: datetime, until: datetime, *, store_id: str | None = None
+) -> Sequence[Checkout]:
+    """Every checkout created in ``[since, until)``, by store, till and time (no limit)."""
+    statement = (
+        select(Checkout)
+        .where(Checkout.created_at >= since, Checkout.created_at < until)
+        .order_by(Checkout.store_id, Checkout.till_id, Checkout.created_at)
+    )
+    if store_id:
+        statement = statement.where(Checkout.store_id == store_id)
+    return (await session.scalars(statement)).all()
+
+
+async def done_commands_by_checkout(
+    session: AsyncSession, checkout_ids: Sequence[str], kind: str
+) -> dict[str, int]:
+    """How many commands of ``kind`` Vipps accepted (``DONE``), per checkout."""
+    if not checkout_ids:
+        return {}
+    rows = await session.execute(
+        select(OutboxCommand.checkout_id, func.count())
+        .where(
+            OutboxCommand.checkout_id.in_(checkout_ids),
+            OutboxCommand.kind == kind,
+            OutboxCommand.status == "DONE",
+        )
+        .group_by(OutboxCommand.checkout_id)
+    )
+    return {str(checkout_id): int(count) for checkout_id, count in rows.all()}
+
+
+async def unmatched_payment_events(
+    session: AsyncSession, since: datetime, until: datetime, *, msns: Sequence[str] | None = None
+) -> Sequence[InboxEvent]:
+    """Payment webhooks received in ``[since, until)`` for references we have no checkout of."""
+    statement = (
+        select(InboxEvent)
+        .where(
+            InboxEvent.status == "UNMATCHED",
+            InboxEvent.event_type.like("epayments.payment.%"),
+            InboxEvent.received_at >= since,
+            InboxEvent.received_at < until,
+        )
+        .order_by(InboxEvent.id)
+    )
+    if msns is not None:
+        statement = statement.where(InboxEvent.msn.in_(msns))
+    return (await session.scalars(statement)).all()
+
+
+async def audit_entries_in_order(session: AsyncSession) -> AsyncIterator[AuditEntry]:
+    """The whole audit log by chain and sequence, streamed in batches."""
+    result = await session.stream_scalars(
+        select(AuditEntry)
+        .order_by(AuditEntry.chain, AuditEntry.seq)
+        .execution_options(yield_per=1000)
+    )
+    async for entry in result:
+        yield entry
+
+
+async def audit_for_checkout(session: AsyncSession, checkout_id: str) -> Sequence[AuditEntry]:
+    """The checkout's audit entries — till requests, Vipps events, worker results — in order."""
+    return (
+        await session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.checkout_id == checkout_id)
+            .order_by(AuditEntry.chain, AuditEntry.seq)
+        )
+    ).all()

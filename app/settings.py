@@ -253,7 +253,9 @@ class Settings(BaseSettings):
             )
         directory = self.club.directory_url
         if directory and not directory.startswith("https://"):
-            problems.append("VIPPS_POS_CLUB__DIRECTORY_URL must be https (it receives phone numbers)")
+            problems.append(
+                "VIPPS_POS_CLUB__DIRECTORY_URL must be https (it receives phone numbers)"
+            )
         if not self.webhooks.public_url.startswith("https://"):
             problems.append("VIPPS_POS_WEBHOOKS__PUBLIC_URL must be https (Vipps requires TLS)")
         return problems

@@ -15,7 +15,73 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
+# ---- OpenAPI examples (validated against their models by tests/api/test_openapi_examples.py) --
+
+_RECEIPT_EXAMPLE: dict[str, Any] = {
+    "orderLines": [
+        {
+            "name": "socks",
+            "id": "line_item_1",
+            "totalAmount": 10000,
+            "totalAmountExcludingTax": 8000,
+            "totalTaxAmount": 2000,
+            "taxRate": 2500,
+            "unitInfo": {"unitPrice": 5000, "quantity": "2", "quantityUnit": "PCS"},
+        }
+    ],
+    "bottomLine": {"currency": "NOK", "receiptNumber": "0527013501", "posId": "oslo-1-till-3"},
+}
+_CHECKOUT_EXAMPLE: dict[str, Any] = {
+    "id": "6f1c2e1a-3d4b-4f7a-9a51-0c2f4f6b9e10",
+    "tillId": "oslo-1-till-3",
+    "storeId": "oslo-1",
+    "state": "CAPTURED",
+    "final": True,
+    "paymentSent": True,
+    "amount": {"value": 10000, "currency": "NOK"},
+    "originalAmount": 10000,
+    "captureMode": "AUTO",
+    "description": "Purchase of socks",
+    "reference": "oslo-1-till-3-5f0c9a1b2c3d",
+    "receipt": _RECEIPT_EXAMPLE,
+    "warnings": [],
+    "authorizedAmount": 10000,
+    "capturedAmount": 10000,
+    "refundedAmount": 0,
+    "cancelledAmount": 0,
+    "failure": None,
+    "member": None,
+    "createdAt": "2026-03-02T10:15:00Z",
+    "updatedAt": "2026-03-02T10:15:21Z",
+    "expiresAt": "2026-03-02T10:30:00Z",
+    "scannedAt": "2026-03-02T10:15:04Z",
+    "paymentRequestedAt": "2026-03-02T10:15:05Z",
+    "authorizedAt": "2026-03-02T10:15:19Z",
+    "finishedAt": "2026-03-02T10:15:21Z",
+    "version": 6,
+}
+_TILL_EXAMPLE: dict[str, Any] = {
+    "tillId": "oslo-1-till-3",
+    "storeId": "oslo-1",
+    "msn": "123456",
+    "merchantQrId": "oslo-1-till-3",
+    "locationDescription": "Kasse 3",
+    "status": "ACTIVE",
+    "qrStatus": "SYNCED",
+    "apiKeyId": "3f2a9c4d1e6b7a80",
+    "createdAt": "2026-03-01T08:00:00Z",
+    "updatedAt": "2026-03-01T08:00:00Z",
+}
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    """Model config adding OpenAPI ``examples``; the rest is inherited from :class:`ApiModel`."""
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
 class Money(ApiModel):
+    model_config = _examples({"value": 12900, "currency": "NOK"})
+
     value: int = Field(description="Minor units (øre, cents).", examples=[12900])
     currency: Literal["NOK", "DKK", "EUR"]
 
@@ -73,23 +139,42 @@ class CreateCheckoutRequest(ApiModel):
 
 
 class AmountRequest(ApiModel):
+    model_config = _examples({"amount": 5000}, {})
+
     amount: int | None = Field(
         default=None, gt=0, description="Minor units; omit for everything that is left."
     )
 
 
 class Failure(ApiModel):
+    model_config = _examples({"code": "2105", "detail": "the customer token has expired"})
+
     code: str | None
     detail: str | None
 
 
 class MemberInfo(ApiModel):
+    """The customer-club step's result. ``outcome``: member, enrolled, not_member, enrolling,
+    enrollment_refused, enrollment_expired, enrollment_failed, exchange_failed, lookup_failed,
+    no_customer_token. ``note`` says why, for people (never personal data)."""
+
+    model_config = _examples(
+        {"id": "m-1042", "outcome": "member", "note": None, "priceHoldUntil": None}
+    )
+
     id: str | None
     outcome: str | None
     note: str | None
+    price_hold_until: datetime | None = Field(
+        default=None,
+        description="In AWAITING_POS_UPDATE: send member prices before this, or the original "
+        "amount is requested.",
+    )
 
 
 class CheckoutOut(ApiModel):
+    model_config = _examples(_CHECKOUT_EXAMPLE)
+
     id: str
     till_id: str
     store_id: str
@@ -130,7 +215,14 @@ class CheckoutOut(ApiModel):
             else None
         )
         member = (
-            MemberInfo(id=row.member_id, outcome=row.club_outcome, note=row.club_note)
+            MemberInfo(
+                id=row.member_id,
+                outcome=row.club_outcome,
+                note=row.club_note,
+                price_hold_until=row.pos_update_deadline
+                if row.state == CheckoutState.AWAITING_POS_UPDATE.value
+                else None,
+            )
             if row.club_outcome
             else None
         )
@@ -166,10 +258,38 @@ class CheckoutOut(ApiModel):
 
 
 class ActiveCheckoutOut(ApiModel):
+    model_config = _examples(
+        {
+            "checkout": {
+                **_CHECKOUT_EXAMPLE,
+                "state": "AWAITING_SCAN",
+                "final": False,
+                "paymentSent": False,
+                "authorizedAmount": 0,
+                "capturedAmount": 0,
+                "scannedAt": None,
+                "paymentRequestedAt": None,
+                "authorizedAt": None,
+                "finishedAt": None,
+                "version": 1,
+            }
+        },
+        {"checkout": None},
+    )
+
     checkout: CheckoutOut | None
 
 
 class RegisterTillRequest(ApiModel):
+    model_config = _examples(
+        {
+            "tillId": "oslo-1-till-3",
+            "storeId": "oslo-1",
+            "locationDescription": "Kasse 3",
+            "msn": "123456",
+        }
+    )
+
     till_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["oslo-1-till-3"])
     store_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["oslo-1"])
     location_description: str = Field(
@@ -182,10 +302,14 @@ class RegisterTillRequest(ApiModel):
 
 
 class UpdateTillRequest(ApiModel):
+    model_config = _examples({"locationDescription": "Kasse 3 (ved utgangen)"})
+
     location_description: str | None = Field(default=None, min_length=1, max_length=36)
 
 
 class TillOut(ApiModel):
+    model_config = _examples(_TILL_EXAMPLE)
+
     till_id: str
     store_id: str
     msn: str
@@ -214,10 +338,21 @@ class TillOut(ApiModel):
 
 
 class NewTillOut(TillOut):
+    model_config = _examples({**_TILL_EXAMPLE, "apiKey": "vpk_3f2a9c4d1e6b7a80_Jq8...shown-once"})
+
     api_key: str = Field(description="Shown once. Store it in the till; we keep only a hash.")
 
 
 class StoreRequest(ApiModel):
+    model_config = _examples(
+        {
+            "name": "Oslo City",
+            "clubPolicy": "lookup",
+            "memberPriceHold": True,
+            "memberPriceHoldSeconds": 30,
+        }
+    )
+
     name: str | None = Field(default=None, max_length=200)
     club_policy: Literal["off", "lookup", "enroll"] | None = None
     member_price_hold: bool | None = None
@@ -225,6 +360,16 @@ class StoreRequest(ApiModel):
 
 
 class StoreOut(ApiModel):
+    model_config = _examples(
+        {
+            "storeId": "oslo-1",
+            "name": "Oslo City",
+            "clubPolicy": "lookup",
+            "memberPriceHold": True,
+            "memberPriceHoldSeconds": 30,
+        }
+    )
+
     store_id: str
     name: str
     club_policy: str
@@ -243,6 +388,17 @@ class StoreOut(ApiModel):
 
 
 class WebhookRegistrationOut(ApiModel):
+    model_config = _examples(
+        {
+            "id": "5b0a3f4e-2c1d-4e8f-9a7b-6c5d4e3f2a1b",
+            "msn": "123456",
+            "url": "https://pos.example.com/webhooks/vipps/123456",
+            "events": ["user.checked-in.v1", "epayments.payment.authorized.v1"],
+            "status": "ACTIVE",
+            "createdAt": "2026-03-01T08:00:00Z",
+        }
+    )
+
     id: str
     msn: str
     url: str
@@ -263,6 +419,16 @@ class WebhookRegistrationOut(ApiModel):
 
 
 class EnsureOut(ApiModel):
+    model_config = _examples(
+        {
+            "msn": "123456",
+            "registrationId": "5b0a3f4e-2c1d-4e8f-9a7b-6c5d4e3f2a1b",
+            "created": True,
+            "removed": [],
+            "foreign": [],
+        }
+    )
+
     msn: str
     registration_id: str
     created: bool
@@ -271,6 +437,22 @@ class EnsureOut(ApiModel):
 
 
 class InboxEventOut(ApiModel):
+    model_config = _examples(
+        {
+            "id": 4711,
+            "msn": "123456",
+            "eventType": "epayments.payment.authorized.v1",
+            "reference": "oslo-1-till-3-5f0c9a1b2c3d",
+            "status": "PROCESSED",
+            "outcome": "applied",
+            "attempts": 1,
+            "lastError": None,
+            "checkoutId": "6f1c2e1a-3d4b-4f7a-9a51-0c2f4f6b9e10",
+            "receivedAt": "2026-03-02T10:15:19Z",
+            "processedAt": "2026-03-02T10:15:19Z",
+        }
+    )
+
     id: int
     msn: str | None
     event_type: str
@@ -285,4 +467,6 @@ class InboxEventOut(ApiModel):
 
 
 class WebhookAck(ApiModel):
+    model_config = _examples({"status": "accepted"})
+
     status: Literal["accepted", "duplicate"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from app.cli.core import register_core
+from app.cli.operators import register_operators
 
 cli = typer.Typer(
     name="vipps-pos",
@@ -13,6 +14,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register_core(cli)
+register_operators(cli)
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.crypto import SecretBox
 from app.models import Member
 from app.observability.pii import mask_phone
+from app.settings import ClubSettings
 
 log = structlog.get_logger("app.loyalty")
 
@@ -75,6 +76,10 @@ class MemberDirectory(Protocol):
 
     async def enroll(self, member: NewMember) -> MemberRecord:
         """Make ``member`` a member; idempotent per ``vipps_sub`` (see the module docstring)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the directory holds (connections); called once at shutdown."""
         ...
 
 
@@ -141,6 +146,9 @@ class DatabaseMemberDirectory:
             session.add(row)
         return MemberRecord(row.id, row.name), True
 
+    async def aclose(self) -> None:
+        """Nothing to release: the sessions belong to the application."""
+
     async def get(self, member_id: str) -> Member | None:
         async with self._sessions() as session:
             return await session.get(Member, member_id)
@@ -157,7 +165,9 @@ class DatabaseMemberDirectory:
     async def _enroll_once(self, member: NewMember) -> MemberRecord:
         phone_hash = self._secrets.lookup_hash(member.msisdn)
         async with self._sessions() as session, session.begin():
-            by_sub = await session.scalar(select(Member).where(Member.vipps_sub == member.vipps_sub))
+            by_sub = await session.scalar(
+                select(Member).where(Member.vipps_sub == member.vipps_sub)
+            )
             if by_sub is not None:
                 if by_sub.phone_hash != phone_hash:
                     # The same Vipps user with a new number: follow the number.
@@ -215,11 +225,31 @@ class HttpMemberDirectory:
         base_url: str,
         api_key: SecretStr | None = None,
         timeout_seconds: float = 2.0,
+        owns_http: bool = False,
     ) -> None:
         self._http = http
+        self._owns_http = owns_http
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = httpx.Timeout(timeout_seconds)
+
+    @classmethod
+    def create(cls, settings: ClubSettings) -> HttpMemberDirectory:
+        """A directory with its own HTTP client (closed by :meth:`aclose`)."""
+        if not settings.directory_url:
+            raise ValueError("club.directory_url is not set")
+        http = httpx.AsyncClient(follow_redirects=False)
+        return cls(
+            http,
+            base_url=settings.directory_url,
+            api_key=settings.directory_api_key,
+            timeout_seconds=settings.directory_timeout_seconds,
+            owns_http=True,
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
 
     async def find_by_phone(self, msisdn: str) -> MemberRecord | None:
         response = await self._post("members.search", "/members/search", {"msisdn": msisdn})
@@ -261,14 +291,18 @@ class HttpMemberDirectory:
                 self._base_url + path, json=body, headers=headers, timeout=self._timeout
             )
         except httpx.HTTPError as exc:
-            log.warning("loyalty.directory.unreachable", operation=operation, error=type(exc).__name__)
+            log.warning(
+                "loyalty.directory.unreachable", operation=operation, error=type(exc).__name__
+            )
             raise MemberDirectoryUnavailable(f"{operation}: {type(exc).__name__}") from None
 
     def _record(
         self, operation: str, response: httpx.Response, *, ok: tuple[int, ...]
     ) -> MemberRecord:
         if response.status_code not in ok:
-            log.warning("loyalty.directory.failed", operation=operation, status=response.status_code)
+            log.warning(
+                "loyalty.directory.failed", operation=operation, status=response.status_code
+            )
             raise MemberDirectoryUnavailable(f"{operation}: HTTP {response.status_code}")
         try:
             reply = _MemberReply.model_validate_json(response.content)
@@ -276,3 +310,12 @@ class HttpMemberDirectory:
             # Not chained: validation errors quote their input.
             raise MemberDirectoryUnavailable(f"{operation}: unreadable answer") from None
         return MemberRecord(reply.member_id, reply.name)
+
+
+def build_directory(
+    settings: ClubSettings, sessions: async_sessionmaker[AsyncSession], secrets: SecretBox
+) -> MemberDirectory:
+    """The chain's loyalty system when ``club.directory_url`` is set, else our members table."""
+    if settings.directory_url:
+        return HttpMemberDirectory.create(settings)
+    return DatabaseMemberDirectory(sessions, secrets)

@@ -69,25 +69,30 @@ _NONE = "none"
 
 DEFAULT_MAX_STORES = 2_000
 
-# Names the Vipps client uses for its calls. A fixed list, so the operation label is bounded.
+# Names the Vipps client uses for its calls (``_Call.operation`` in app/vipps/client.py and
+# ``FETCH_OPERATION`` in app/vipps/tokens.py). A fixed list, so the operation label is bounded;
+# a name missing here is counted as ``_other``.
 VIPPS_OPERATIONS: tuple[str, ...] = (
-    "access_token",
-    "qr_merchant_callback_put",
-    "qr_merchant_callback_get",
-    "qr_merchant_callback_delete",
-    "payment_create",
-    "payment_get",
-    "payment_events",
-    "payment_cancel",
-    "payment_capture",
-    "payment_refund",
-    "payment_force_approve",
-    "webhook_register",
-    "webhook_list",
-    "webhook_delete",
-    "userinfo",
-    "ciba_authorize",
-    "ciba_token",
+    "accesstoken.get",
+    "qr.put_callback_qr",
+    "qr.get_callback_qr",
+    "qr.list_callback_qrs",
+    "qr.delete_callback_qr",
+    "qr.exchange_customer_token",
+    "epayment.create_payment",
+    "epayment.get_payment",
+    "epayment.get_payment_events",
+    "epayment.cancel_payment",
+    "epayment.capture_payment",
+    "epayment.refund_payment",
+    "epayment.force_approve_payment",
+    "webhooks.register",
+    "webhooks.list",
+    "webhooks.delete",
+    "login.discovery",
+    "login.ciba_start",
+    "login.ciba_token",
+    "login.userinfo",
 )
 
 _TRANSPORT_ERRORS = frozenset({"timeout", "connect", "network", "protocol", "invalid_response"})

@@ -9,13 +9,14 @@ feeds the result back through :meth:`CheckoutService.apply`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -148,17 +149,20 @@ class CheckoutService:
 
     # ---- the one place decisions are applied --------------------------------------------------
 
-    async def _store_policy(self, work: Work, checkout: Checkout) -> tuple[bool, bool]:
+    async def _store_policy(self, work: Work, checkout: Checkout) -> tuple[bool, bool, int]:
+        """(club step, member-price hold, hold seconds) of the checkout's store."""
         store = await repo.get_store(work.session, checkout.store_id)
         if store is None:
-            return False, False
-        return store.club_policy != "off", bool(store.member_price_hold)
+            return False, False, 0
+        # A member price is for members: a customer the club step did not identify pays at once.
+        hold = bool(store.member_price_hold) and checkout.member_id is not None
+        return store.club_policy != "off", hold, store.member_price_hold_seconds
 
     async def apply_locked(
         self, work: Work, checkout: Checkout, event: Event, *, actor: str
     ) -> Decision:
         """Decide and persist. The caller holds the till's lock (see :func:`repo.lock_till`)."""
-        club_step, hold = await self._store_policy(work, checkout)
+        club_step, hold, hold_seconds = await self._store_policy(work, checkout)
         await work.session.flush()  # outbox rows finished in this transaction count as finished
         in_flight = InFlight.of(await repo.pending_commands(work.session, checkout.id))
         facts = facts_of(checkout, self.ctx, club_step=club_step, hold=hold, in_flight=in_flight)
@@ -166,7 +170,9 @@ class CheckoutService:
             decision = decide(facts, event)
         except InvalidTransition as exc:
             raise TransitionRefused(exc.code, exc.detail, checkout.state) from exc
-        await self._persist(work, checkout, facts, event, decision, actor=actor)
+        await self._persist(
+            work, checkout, facts, event, decision, actor=actor, hold_seconds=hold_seconds
+        )
         return decision
 
     async def _persist(
@@ -178,6 +184,7 @@ class CheckoutService:
         decision: Decision,
         *,
         actor: str,
+        hold_seconds: int = 0,
     ) -> None:
         now = self.ctx.clock()
         previous = checkout.state
@@ -206,7 +213,7 @@ class CheckoutService:
         state_changed = decision.state.value != previous
         if state_changed:
             checkout.state = decision.state.value
-            self._stamp(checkout, decision.state, now)
+            self._stamp(checkout, decision.state, now, hold_seconds)
         if decision.note and (
             decision.outcome is Outcome.ANOMALY or decision.state in (CheckoutState.FAILED,)
         ):
@@ -244,7 +251,10 @@ class CheckoutService:
             action=event.kind.value.lower(),
             till_id=checkout.till_id,
             checkout_id=checkout.id,
-            amount_value=event.amount,
+            # "All that is left" requests carry no amount; the queued command says what it is.
+            amount_value=event.amount
+            if event.amount is not None
+            else next((c.amount for c in decision.commands if c.amount is not None), None),
             detail={"from": previous, "to": checkout.state, "outcome": decision.outcome.value},
         )
         await work.announce(checkout.till_id, checkout.id)
@@ -257,7 +267,9 @@ class CheckoutService:
                 seconds=(now - requested_at).total_seconds(),
             )
 
-    def _stamp(self, checkout: Checkout, state: CheckoutState, now: datetime) -> None:
+    def _stamp(
+        self, checkout: Checkout, state: CheckoutState, now: datetime, hold_seconds: int = 0
+    ) -> None:
         first_poll = timedelta(seconds=self.ctx.settings.workers.reconcile_first_poll_seconds)
         match state:
             case CheckoutState.PAYMENT_REQUESTED:
@@ -269,10 +281,14 @@ class CheckoutService:
                 if state is CheckoutState.AUTHORIZED:
                     checkout.authorized_at = checkout.authorized_at or now
             case CheckoutState.AWAITING_POS_UPDATE:
-                store_hold = self.ctx.settings.checkout.max_wait_seconds
-                checkout.pos_update_deadline = checkout.pos_update_deadline or now + timedelta(
-                    seconds=store_hold
-                )
+                # The store's hold, but never past the moment the payment must go out for the
+                # customer token (15 minutes from the scan) to still be valid.
+                deadline = now + timedelta(seconds=hold_seconds)
+                if checkout.customer_token_expires_at is not None:
+                    margin = self.ctx.settings.checkout.payment_request_margin_seconds
+                    latest = checkout.customer_token_expires_at - timedelta(seconds=margin)
+                    deadline = min(deadline, max(now, latest))
+                checkout.pos_update_deadline = deadline
             case CheckoutState.IDENTIFYING | CheckoutState.AWAITING_SCAN:
                 pass
             case (
@@ -393,7 +409,7 @@ class CheckoutService:
                     original_amount_value=request.amount,
                     currency=request.currency,
                     receipt=receipt or {},
-                    warnings=[w.__dict__ for w in check.warnings],
+                    warnings=[asdict(w) for w in check.warnings],
                     description=description,
                     capture_mode=request.capture_mode.value,
                     reference=new_reference(till.id),
@@ -625,12 +641,24 @@ class CheckoutService:
             actor=actor,
         )
         crash_point("capture.after_commit")
-        return await self.wait_until(
-            scope,
-            checkout_id,
-            lambda c: c.capture_pending_value == 0 and c.state != CheckoutState.CANCELLING.value,
-            self.ctx.settings.checkout.max_wait_seconds,
-        )
+        # A partial capture also releases the rest of the reservation (a second outbox call):
+        # answer once both are over, so the till sees CAPTURED with the released amount.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ctx.settings.checkout.max_wait_seconds
+        while True:
+            event = self.ctx.hub.event_for(checkout_key(checkout_id))
+            async with self.ctx.sessions() as session:
+                # Outbox first: a call finished by then is in the checkout read after it (the
+                # result and the command's status commit together).
+                in_flight = InFlight.of(await repo.pending_commands(session, checkout_id))
+                checkout = await repo.get_checkout(session, checkout_id)
+            assert checkout is not None
+            remaining = deadline - loop.time()
+            settled = not (in_flight.capture or in_flight.cancel)
+            if settled or remaining <= 0:
+                return checkout
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
 
     async def refund(
         self,

@@ -12,7 +12,9 @@ so one bad event never blocks the others.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import json
 import time
 import uuid
@@ -26,6 +28,7 @@ import structlog
 from app import repository as repo
 from app.domain.state_machine import CheckoutState, Event, EventKind
 from app.models import CheckIn, CheckoutChange, InboxEvent
+from app.service.audit import append_audit
 from app.service.checkouts import CheckoutService
 from app.service.context import ServiceContext, Work, unit_of_work
 from app.service.crashpoints import crash_point
@@ -35,6 +38,15 @@ from app.vipps.signature import WebhookSignatureError, verify_webhook
 log = structlog.get_logger("app.webhooks")
 
 CHECKED_IN = "user.checked-in.v1"
+# How long a rotated-out registration's secret still verifies. Vipps retries a failed delivery
+# with the secret it was signed with: about every 2 s four times, then after 60 s and 120 s, then
+# hourly (REFERENCE.md §6.4) — an hour covers every retry of a delivery that was in flight.
+RETIRED_SECRET_GRACE = timedelta(hours=1)
+# Status of a registration row written just before the register call; it turns ACTIVE with the
+# secret from Vipps's answer (see WebhookService).
+REGISTERING = "REGISTERING"
+_REGISTERING_FOR_AT_MOST = timedelta(seconds=60)  # an older marker is a crashed registration
+_REGISTERING_WAIT_SECONDS = 3.0  # well within the 10 s Vipps waits for an answer (§6.4)
 _PAYMENT_EVENTS: dict[str, EventKind | None] = {
     "AUTHORIZED": EventKind.VIPPS_AUTHORIZED,
     "ABORTED": EventKind.VIPPS_ABORTED,
@@ -71,7 +83,8 @@ def _parse_time(value: Any) -> datetime | None:
     # Vipps sends up to 7 fractional digits; Python takes at most 6.
     if "." in text:
         head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
+        # The fraction ends where the zone (+00:00) begins; the zone's digits are not part of it.
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
         zone = rest[len(digits) :]
         text = f"{head}.{digits[:6]}{zone}"
     try:
@@ -109,6 +122,8 @@ class WebhookIntake:
         self.ctx = ctx
         self.checkouts = checkouts
         self._secrets: dict[str, tuple[float, list[str]]] = {}
+        self._reloaded_at: dict[str, float] = {}
+        self._registering: dict[str, bool] = {}
 
     def forget_secrets(self, msn: str | None = None) -> None:
         if msn is None:
@@ -116,29 +131,76 @@ class WebhookIntake:
         else:
             self._secrets.pop(msn, None)
 
-    async def secrets_for(self, msn: str) -> list[str]:
-        """Every secret valid for the MSN (two during a rotation), cached for 30 s."""
+    async def secrets_for(self, msn: str, *, fresh: bool = False) -> list[str]:
+        """Every secret valid for the MSN, cached for 30 s (``fresh`` re-reads).
+
+        That is the active registration's and, during a rotation and for
+        :data:`RETIRED_SECRET_GRACE` after it, the retired ones': Vipps may still deliver (and
+        retry) events it signed with a registration deleted since (REFERENCE.md §6.2, §6.4).
+        """
         cached = self._secrets.get(msn)
-        if cached and cached[0] > time.monotonic():
+        if not fresh and cached and cached[0] > time.monotonic():
             return cached[1]
+        return (await self._read_secrets(msn))[0]
+
+    async def _read_secrets(self, msn: str) -> tuple[list[str], bool]:
+        """(valid secrets, whether a registration is being made right now)."""
         async with self.ctx.sessions() as session:
             registrations = await repo.registrations_for_msn(session, msn)
-        secrets = [self.ctx.secrets.decrypt(r.secret_enc) for r in registrations]
-        self._secrets[msn] = (time.monotonic() + 30, secrets)
-        return secrets
-
-    def registered_url(self, msn: str) -> str:
-        return f"{self.ctx.settings.webhooks.public_url.rstrip('/')}/{msn}"
-
-    async def receive(self, msn: str, headers: Mapping[str, str], body: bytes) -> IntakeResult:
-        settings = self.ctx.settings.webhooks
-        if len(body) > settings.max_body_bytes:
-            raise WebhookTooLarge(f"body exceeds {settings.max_body_bytes} bytes")
-        secrets = await self.secrets_for(msn)
-        if not secrets:
-            log.warning("vipps.webhook.rejected", msn=msn, reason="no registration for MSN")
-            raise WebhookRejected("no webhook registration for this sales unit")
         now = self.ctx.clock()
+        secrets = [
+            self.ctx.secrets.decrypt(r.secret_enc)
+            for r in registrations
+            if r.status != REGISTERING
+            and (r.retired_at is None or now - r.retired_at < RETIRED_SECRET_GRACE)
+        ]
+        registering = any(
+            r.status == REGISTERING and now - r.created_at < _REGISTERING_FOR_AT_MOST
+            for r in registrations
+        )
+        self._secrets[msn] = (time.monotonic() + 30, secrets)
+        self._registering[msn] = registering
+        return secrets, registering
+
+    def _may_reload(self, msn: str) -> bool:
+        """At most ten forced re-reads per MSN and second (unless a registration is being made),
+        so forged deliveries cannot each turn into a database read."""
+        now = time.monotonic()
+        if self._registering.get(msn) or self._reloaded_at.get(msn, 0.0) <= now - 0.1:
+            self._reloaded_at[msn] = now
+            return True
+        return False
+
+    async def _verified_secrets(
+        self, msn: str, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> tuple[list[str], str | None]:
+        """(secrets, why the delivery does not verify or ``None``), re-reading when it fails.
+
+        Another process (a replica, the operator CLI rotating the registration) may have stored
+        a new secret within the cache's lifetime, so a failure re-reads once. While a
+        registration is being made, Vipps can deliver with its secret before we have stored it
+        (the secret only comes in the register response): wait for it instead of rejecting.
+        """
+        secrets = await self.secrets_for(msn)
+        reason = self._rejection(secrets, msn, headers, body, now)
+        if reason is None or not self._may_reload(msn):
+            return secrets, reason
+        secrets, registering = await self._read_secrets(msn)
+        reason = self._rejection(secrets, msn, headers, body, now)
+        deadline = time.monotonic() + _REGISTERING_WAIT_SECONDS
+        while reason is not None and registering and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            secrets, registering = await self._read_secrets(msn)
+            reason = self._rejection(secrets, msn, headers, body, now)
+        return secrets, reason
+
+    def _rejection(
+        self, secrets: list[str], msn: str, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> str | None:
+        """Why the delivery does not verify against ``secrets``; ``None`` when it does."""
+        if not secrets:
+            return "no registration for MSN"
+        settings = self.ctx.settings.webhooks
         try:
             verify_webhook(
                 secrets,
@@ -150,8 +212,23 @@ class WebhookIntake:
                 max_age=timedelta(seconds=settings.max_age_seconds),
             )
         except WebhookSignatureError as exc:
-            log.warning("vipps.webhook.rejected", msn=msn, reason=exc.reason)
-            raise WebhookRejected(exc.reason) from exc
+            return exc.reason
+        return None
+
+    def registered_url(self, msn: str) -> str:
+        return f"{self.ctx.settings.webhooks.public_url.rstrip('/')}/{msn}"
+
+    async def receive(self, msn: str, headers: Mapping[str, str], body: bytes) -> IntakeResult:
+        settings = self.ctx.settings.webhooks
+        if len(body) > settings.max_body_bytes:
+            raise WebhookTooLarge(f"body exceeds {settings.max_body_bytes} bytes")
+        now = self.ctx.clock()
+        secrets, reason = await self._verified_secrets(msn, headers, body, now)
+        if reason is not None:
+            log.warning("vipps.webhook.rejected", msn=msn, reason=reason)
+            if not secrets:
+                raise WebhookRejected("no webhook registration for this sales unit")
+            raise WebhookRejected(reason)
         try:
             payload: Any = json.loads(body)
         except ValueError:
@@ -345,15 +422,36 @@ class WebhookIntake:
         await repo.lock_till(session, checkout.till_id)
         checkout = await repo.get_checkout(session, checkout.id)
         assert checkout is not None
-        if payload.get("success") is False:
-            return "unsuccessful_ignored", checkout.id
-        kind = _PAYMENT_EVENTS.get(name)
-        if kind is None:
-            if CheckoutState(checkout.state).is_active:
-                checkout.next_poll_at = self.ctx.clock()  # re-read soon
-            return "signal", checkout.id
         amount = payload.get("amount", {})
         value = amount.get("value") if isinstance(amount, dict) else None
-        event = Event(kind, amount=value if isinstance(value, int) else None)
-        decision = await self.checkouts.apply_locked(work, checkout, event, actor=f"vipps:{name}")
-        return decision.outcome.value.lower(), checkout.id
+        value = value if isinstance(value, int) else None
+        kind = _PAYMENT_EVENTS.get(name)
+        if payload.get("success") is False:
+            outcome = "unsuccessful_ignored"
+        elif kind is None:
+            if CheckoutState(checkout.state).is_active:
+                checkout.next_poll_at = self.ctx.clock()  # re-read soon
+            outcome = "signal"
+        else:
+            event = Event(kind, amount=value)
+            decision = await self.checkouts.apply_locked(
+                work, checkout, event, actor=f"vipps:{name}"
+            )
+            outcome = decision.outcome.value.lower()
+        # Every Vipps event lands in the checkout's audit trail, also those that change nothing
+        # (signals, repeats): the transition entry above only exists when something changed.
+        await append_audit(
+            session,
+            at=self.ctx.clock(),
+            actor=f"vipps:{name}",
+            action="vipps.event",
+            till_id=checkout.till_id,
+            checkout_id=checkout.id,
+            amount_value=value,
+            detail={
+                "inboxId": row.id,
+                "pspReference": payload.get("pspReference"),
+                "outcome": outcome,
+            },
+        )
+        return outcome, checkout.id

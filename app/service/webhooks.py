@@ -3,17 +3,25 @@
 ``user.checked-in.v1`` allows only one registration per sales unit (REFERENCE.md §6.1), so all
 events share it. The secret comes only in the register response and is stored encrypted.
 
-Rotation registers anew and accepts both secrets during the overlap — but the check-in event can
-only be held by one registration at a time, so the new one first takes the payment events, the
-old one is deleted, and the check-in event moves over as the last step. Deliveries signed with
-either secret verify throughout (see :meth:`WebhookIntake.secrets_for`).
+Invariants:
+
+* Before every register call a ``REGISTERING`` row is committed; the answer replaces it with the
+  ``ACTIVE`` registration. Vipps may deliver with the new secret before we have stored it, and
+  the intake waits for a registration in the making instead of rejecting such a delivery
+  (:meth:`WebhookIntake.secrets_for`).
+* A registration we stop using is deleted at Vipps and kept here as ``RETIRING`` with
+  ``retired_at``: deliveries Vipps signed with it before the deletion (and their retries) still
+  verify for :data:`RETIRED_SECRET_GRACE`. Only :meth:`WebhookService.ensure` purges them later.
+* Rotation never leaves a payment event without a holder: the new registration takes the
+  payment events first, both verify, and only then does the check-in event move over.
 """
 
 from __future__ import annotations
 
-import contextlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
@@ -21,8 +29,10 @@ from app import repository as repo
 from app.models import WebhookRegistration
 from app.service.audit import append_audit
 from app.service.context import ServiceContext, unit_of_work
-from app.service.intake import CHECKED_IN, WebhookIntake
-from app.vipps.errors import VippsNotFound
+from app.service.errors import ServiceError, VippsRefused
+from app.service.intake import CHECKED_IN, REGISTERING, RETIRED_SECRET_GRACE, WebhookIntake
+from app.vipps.errors import VippsNotFound, VippsRejected
+from app.vipps.schemas import Webhook
 
 log = structlog.get_logger("app.webhooks")
 
@@ -38,13 +48,28 @@ PAYMENT_EVENTS = (
 ALL_EVENTS = (CHECKED_IN, *PAYMENT_EVENTS)
 
 
+class CheckInHeldElsewhere(ServiceError):
+    status, code, title = 409, "checkin_webhook_taken", "Another registration holds check-ins"
+
+
 @dataclass(frozen=True)
 class EnsureReport:
+    """What :meth:`WebhookService.ensure` found and did for one MSN.
+
+    ``removed`` lists every registration deleted at Vipps: ``orphaned`` ones (our URL, but we do
+    not hold their secret) and ``duplicates`` (ours, but another one is kept). ``foreign`` ones
+    point elsewhere and are only reported. ``purged`` are retired secrets past their grace.
+    """
+
     msn: str
     registration_id: str
     created: bool
     removed: tuple[str, ...]
-    foreign: tuple[str, ...]  # registrations at Vipps for other URLs: reported, left alone
+    foreign: tuple[str, ...]
+    orphaned: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+    purged: tuple[str, ...] = ()
+    retired: tuple[str, ...] = ()
 
 
 class WebhookService:
@@ -53,64 +78,91 @@ class WebhookService:
         self.intake = intake
 
     async def ensure(self, msn: str, *, actor: str = "admin") -> EnsureReport:
-        """Exactly one registration for our URL with every event, whose secret we hold."""
+        """Exactly one registration at Vipps for our URL with every event, whose secret we hold.
+
+        Safe to repeat; runs at start-up when configured. Registrations at other URLs are left
+        alone — but one holding ``user.checked-in.v1`` blocks ours and is reported as an error.
+        """
         url = self.intake.registered_url(msn)
         at_vipps = await self.ctx.vipps.list_webhooks(msn)
-        async with self.ctx.sessions() as session:
-            ours = {r.id: r for r in await repo.registrations_for_msn(session, msn)}
-        keep: str | None = None
-        for hook in at_vipps:
-            if (
-                hook.url == url
-                and hook.id in ours
-                and set(ALL_EVENTS) <= set(hook.events)
-                and keep is None
-            ):
-                keep = hook.id
-        removed: list[str] = []
-        foreign = tuple(h.id for h in at_vipps if h.url != url)
-        for hook in at_vipps:
-            if hook.url == url and hook.id != keep:
-                await self._delete_at_vipps(msn, hook.id)
-                removed.append(hook.id)
+        stored = {r.id: r for r in await self._stored(msn)}
+        complete = [
+            h
+            for h in at_vipps
+            if h.url == url
+            and h.id in stored
+            and stored[h.id].status == "ACTIVE"
+            and set(ALL_EVENTS) <= set(h.events)
+        ]
+        # The newest complete registration wins; an older one is a leftover duplicate.
+        complete.sort(key=lambda h: stored[h.id].created_at, reverse=True)
+        keep = complete[0].id if complete else None
+        ours = [h for h in at_vipps if h.url == url and h.id != keep]
+        orphaned = tuple(h.id for h in ours if h.id not in stored)
+        duplicates = tuple(h.id for h in ours if h.id in stored)
+        foreign = [h for h in at_vipps if h.url != url]
+        for hook in ours:
+            await self._delete_at_vipps(msn, hook.id)
         created = False
         if keep is None:
-            registration = await self.ctx.vipps.register_webhook(msn, url, list(ALL_EVENTS))
-            keep, created = registration.id, True
-            await self._store(
-                msn,
-                registration.id,
-                url,
-                ALL_EVENTS,
-                registration.secret.get_secret_value(),
-                actor=actor,
-            )
-        await self._forget(msn, except_id=keep)
+            _check_no_foreign_checkin(msn, url, foreign)
+            keep = await self._register(msn, url, ALL_EVENTS, actor=actor)
+            created = True
+        retired = await self._retire(msn, keep_ids={keep}, actor=actor)
+        purged = await self._purge_expired(msn)
         log.info(
-            "webhooks.ensured", msn=msn, created=created, removed=len(removed), foreign=len(foreign)
+            "webhooks.ensured",
+            msn=msn,
+            created=created,
+            removed=len(ours),
+            foreign=len(foreign),
+            purged=len(purged),
         )
-        return EnsureReport(msn, keep, created, tuple(removed), foreign)
+        return EnsureReport(
+            msn,
+            keep,
+            created,
+            tuple(h.id for h in ours),
+            tuple(h.id for h in foreign),
+            orphaned=orphaned,
+            duplicates=duplicates,
+            purged=purged,
+            retired=retired,
+        )
 
     async def rotate(self, msn: str, *, actor: str = "admin") -> EnsureReport:
+        """A new registration and secret; no event is lost or rejected on the way.
+
+        1. ``bridge``: a new registration with the payment events. From here on Vipps delivers
+           each payment event twice (old and bridge; the inbox keeps one) and both secrets
+           verify.
+        2. The old registrations are deleted at Vipps (retired here, still verifying), and at
+           once ``final`` takes every event: the check-in event can have only one holder, so it
+           moves in these two calls — no payment event is without a holder meanwhile.
+        3. The bridge is deleted and retired.
+        """
         url = self.intake.registered_url(msn)
-        async with self.ctx.sessions() as session:
-            old = list(await repo.registrations_for_msn(session, msn))
-        # 1. New registration for the payment events; both secrets verify from now on.
-        fresh = await self.ctx.vipps.register_webhook(msn, url, list(PAYMENT_EVENTS))
-        await self._store(
-            msn, fresh.id, url, PAYMENT_EVENTS, fresh.secret.get_secret_value(), actor=actor
+        before = [r for r in await self._stored(msn) if r.status == "ACTIVE"]
+        at_vipps = {h.id: h for h in await self.ctx.vipps.list_webhooks(msn)}
+        _check_no_foreign_checkin(msn, url, list(at_vipps.values()))
+        bridge = await self._register(msn, url, PAYMENT_EVENTS, actor=actor)
+        old_ids = {r.id for r in before} | {
+            h.id for h in at_vipps.values() if h.url == url and h.id != bridge
+        }
+        for old_id in sorted(old_ids):
+            await self._delete_at_vipps(msn, old_id)
+        final = await self._register(msn, url, ALL_EVENTS, actor=actor)
+        await self._delete_at_vipps(msn, bridge)
+        retired = await self._retire(msn, keep_ids={final}, actor=actor)
+        log.info("webhooks.rotated", msn=msn, retired=len(retired))
+        return EnsureReport(
+            msn,
+            final,
+            True,
+            tuple(sorted(old_ids | {bridge})),
+            tuple(h.id for h in at_vipps.values() if h.url != url),
+            retired=retired,
         )
-        # 2. Old registrations go; 3. the check-in event joins the new one (one holder at a time).
-        for registration in old:
-            await self._delete_at_vipps(msn, registration.id)
-        final = await self.ctx.vipps.register_webhook(msn, url, list(ALL_EVENTS))
-        await self._store(
-            msn, final.id, url, ALL_EVENTS, final.secret.get_secret_value(), actor=actor
-        )
-        await self._delete_at_vipps(msn, fresh.id)
-        await self._forget(msn, except_id=final.id)
-        log.info("webhooks.rotated", msn=msn)
-        return EnsureReport(msn, final.id, True, tuple(r.id for r in old), ())
 
     async def list(self, msn: str | None = None) -> Sequence[WebhookRegistration]:
         async with self.ctx.sessions() as session:
@@ -118,39 +170,128 @@ class WebhookService:
                 return await repo.registrations_for_msn(session, msn)
             return await repo.all_registrations(session)
 
-    async def _delete_at_vipps(self, msn: str, registration_id: str) -> None:
-        with contextlib.suppress(VippsNotFound):
-            await self.ctx.vipps.delete_webhook(msn, registration_id)
+    async def list_at_vipps(self, msn: str) -> Sequence[Webhook]:
+        return await self.ctx.vipps.list_webhooks(msn)
 
-    async def _store(
-        self, msn: str, rid: str, url: str, events: Sequence[str], secret: str, *, actor: str
-    ) -> None:
+    async def _stored(self, msn: str) -> Sequence[WebhookRegistration]:
+        async with self.ctx.sessions() as session:
+            return await repo.registrations_for_msn(session, msn)
+
+    async def _delete_at_vipps(self, msn: str, registration_id: str) -> None:
+        """Delete; an id Vipps no longer knows counts as deleted. The Webhooks API documents only
+        204 and 400 here, so an unknown id comes as 400 — checked against a fresh list."""
+        try:
+            await self.ctx.vipps.delete_webhook(msn, registration_id)
+        except VippsNotFound:
+            pass
+        except VippsRejected as exc:
+            if any(h.id == registration_id for h in await self.ctx.vipps.list_webhooks(msn)):
+                raise VippsRefused(str(exc)[:300]) from exc
+
+    async def _register(self, msn: str, url: str, events: Sequence[str], *, actor: str) -> str:
+        """Register at Vipps and store the secret; returns the registration id.
+
+        The ``REGISTERING`` marker goes in first so that a delivery signed with the new secret
+        that arrives before we stored it waits instead of being rejected.
+        """
         now = self.ctx.clock()
+        marker_id = f"registering-{uuid.uuid4()}"
         async with unit_of_work(self.ctx) as work:
             work.session.add(
                 WebhookRegistration(
-                    id=rid,
+                    id=marker_id,
                     msn=msn,
                     url=url,
                     events=list(events),
-                    secret_enc=self.ctx.secrets.encrypt(secret),
-                    status="ACTIVE",
+                    secret_enc=self.ctx.secrets.encrypt(""),
+                    status=REGISTERING,
                     created_at=now,
+                )
+            )
+        try:
+            registration = await self.ctx.vipps.register_webhook(msn, url, list(events))
+        except BaseException:
+            await self._drop(marker_id)
+            raise
+        async with unit_of_work(self.ctx) as work:
+            marker = await work.session.get(WebhookRegistration, marker_id)
+            if marker is not None:
+                await work.session.delete(marker)
+            work.session.add(
+                WebhookRegistration(
+                    id=registration.id,
+                    msn=msn,
+                    url=url,
+                    events=list(events),
+                    secret_enc=self.ctx.secrets.encrypt(registration.secret.get_secret_value()),
+                    status="ACTIVE",
+                    created_at=self.ctx.clock(),
                 )
             )
             await append_audit(
                 work.session,
-                at=now,
+                at=self.ctx.clock(),
                 actor=actor,
                 action="webhook.register",
-                detail={"msn": msn, "registration": rid, "events": list(events)},
+                detail={"msn": msn, "registration": registration.id, "events": list(events)},
             )
         self.intake.forget_secrets(msn)
+        return registration.id
 
-    async def _forget(self, msn: str, *, except_id: str) -> None:
-        """Drop our stored registrations other than ``except_id`` (deleted at Vipps)."""
+    async def _drop(self, registration_id: str) -> None:
         async with unit_of_work(self.ctx) as work:
-            for registration in await repo.registrations_for_msn(work.session, msn):
-                if registration.id != except_id:
-                    await work.session.delete(registration)
+            row = await work.session.get(WebhookRegistration, registration_id)
+            if row is not None:
+                await work.session.delete(row)
+
+    async def _retire(self, msn: str, *, keep_ids: set[str], actor: str) -> tuple[str, ...]:
+        """Mark every other active registration of the MSN retired (already deleted at Vipps)."""
+        now = self.ctx.clock()
+        retired: list[str] = []
+        async with unit_of_work(self.ctx) as work:
+            for row in await repo.registrations_for_msn(work.session, msn):
+                if row.id in keep_ids or row.status != "ACTIVE":
+                    continue
+                row.status, row.retired_at = "RETIRING", now
+                retired.append(row.id)
+            if retired:
+                await append_audit(
+                    work.session,
+                    at=now,
+                    actor=actor,
+                    action="webhook.retire",
+                    detail={"msn": msn, "registrations": retired},
+                )
         self.intake.forget_secrets(msn)
+        return tuple(retired)
+
+    async def _purge_expired(self, msn: str) -> tuple[str, ...]:
+        """Forget retired secrets past their grace, and markers of registrations that never
+        finished (a crash between the marker and Vipps's answer)."""
+        now = self.ctx.clock()
+        purged: list[str] = []
+        async with unit_of_work(self.ctx) as work:
+            for row in await repo.registrations_for_msn(work.session, msn):
+                if _expired(row, now):
+                    await work.session.delete(row)
+                    purged.append(row.id)
+        if purged:
+            self.intake.forget_secrets(msn)
+        return tuple(purged)
+
+
+def _check_no_foreign_checkin(msn: str, url: str, at_vipps: Sequence[Webhook]) -> None:
+    holder = next((h for h in at_vipps if h.url != url and CHECKED_IN in h.events), None)
+    if holder is not None:
+        raise CheckInHeldElsewhere(
+            f"registration {holder.id} at {holder.url} holds {CHECKED_IN} for MSN {msn};"
+            " delete it first (Vipps allows one per sales unit)"
+        )
+
+
+def _expired(row: WebhookRegistration, now: datetime) -> bool:
+    if row.status == "RETIRING":
+        return row.retired_at is None or now - row.retired_at >= RETIRED_SECRET_GRACE
+    if row.status == REGISTERING:
+        return now - row.created_at >= RETIRED_SECRET_GRACE
+    return False

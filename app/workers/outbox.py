@@ -92,6 +92,9 @@ class OutboxWorker:
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.ctx.settings.workers
         while not stop.is_set():
+            # Cleared before the claim, not after: a wake-up for a command committed while the
+            # claim ran stays set, so it is not left waiting for the next poll.
+            self.ctx.hub.outbox_wakeup.clear()
             try:
                 handled = await self.run_once()
             except Exception:  # keep the worker alive; the error is logged, the lease expires
@@ -99,7 +102,6 @@ class OutboxWorker:
                 handled = 0
             if handled:
                 continue
-            self.ctx.hub.outbox_wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self.ctx.hub.outbox_wakeup.wait(), settings.outbox_poll_interval_seconds

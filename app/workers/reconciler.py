@@ -7,6 +7,8 @@ Each pass:
   request, then every 2 s, slowing to every 10 s after a minute (Vipps's polling guidance,
   REFERENCE.md §7.11; reads are limited to 120 per minute per reference);
 * expires unscanned checkouts and member-price holds past their deadline, and stale check-ins;
+* requests the payment of a checkout stuck in the customer-club step when its customer token
+  is about to expire (the club service normally releases it earlier itself);
 * re-issues the capture of an ``AUTHORIZED`` auto-capture checkout that has no capture queued
   (e.g. after a crash before the capture was decided).
 """
@@ -56,6 +58,9 @@ class Reconciler:
         repaired = 0
         async with unit_of_work(self.ctx) as work:
             overdue = await repo.checkouts_past_deadline(work.session, now, 200)
+            # The club step normally ends itself in time; this catches one whose process died.
+            margin = timedelta(seconds=self.ctx.settings.checkout.payment_request_margin_seconds)
+            identifying = await repo.checkouts_identifying_past(work.session, now + margin, 200)
             expired_checkins = await repo.expire_checkins(work.session, now)
             due = await repo.checkouts_due_for_poll(work.session, POLLED_STATES, now, 50)
         for checkout in overdue:
@@ -65,6 +70,11 @@ class Reconciler:
                 else EventKind.POS_UPDATE_TIMED_OUT
             )
             await self.checkouts.apply(checkout.id, Event(kind), actor="reconciler")
+            repaired += 1
+        for checkout in identifying:
+            # Pay now, while the customer token is still valid, without membership.
+            event = Event(EventKind.IDENTIFY_TIMED_OUT, reason="customer club step took too long")
+            await self.checkouts.apply(checkout.id, event, actor="reconciler")
             repaired += 1
         results = await asyncio.gather(*(self.poll(c) for c in due), return_exceptions=True)
         repaired += sum(1 for r in results if r is True)

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.vipps.signature import format_ms_date, sign_webhook
-from tests.support.stack import SERVICE_URL, Stack
+from tests.support.stack import SERVICE_URL, Stack, in_process_stack
 
 MSN = "123456"
 WEBHOOK_HOST = httpx.URL(SERVICE_URL).netloc.decode()
@@ -42,6 +42,17 @@ VIPPS_EXAMPLE_RECEIPT: dict[str, Any] = {
     ],
     "bottomLine": {"currency": "NOK", "posId": "pos_122", "receiptNumber": "0527013501"},
 }
+
+
+@contextlib.asynccontextmanager
+async def checked_stack(database_url: str, **options: Any) -> AsyncIterator[Stack]:
+    """:func:`in_process_stack` that also proves, at the end, that every request the service
+    sent to Vipps validated against the official specs (the simulator runs in strict mode)."""
+    async with in_process_stack(database_url, **options) as stack:
+        yield stack
+        report = (await stack.sim.get("/_sim/violations")).json()
+        assert report["strict"] is True
+        assert report["violations"] == [], report["violations"]
 
 
 def iso(moment: datetime) -> str:

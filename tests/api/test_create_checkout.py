@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.api.support import VIPPS_EXAMPLE_RECEIPT, assert_problem, count_rows, ledger
-from tests.support.stack import in_process_stack
+from tests.api.support import (
+    VIPPS_EXAMPLE_RECEIPT,
+    assert_problem,
+    checked_stack,
+    count_rows,
+    ledger,
+)
 
 BAD_RECEIPT: dict[str, Any] = {
     "orderLines": [
@@ -33,7 +38,7 @@ BAD_RECEIPT: dict[str, Any] = {
 
 
 async def test_a_bad_receipt_is_refused_naming_each_field(sqlite_url: str) -> None:
-    async with in_process_stack(sqlite_url) as stack:
+    async with checked_stack(sqlite_url) as stack:
         till = await stack.register_till()
         response = await stack.service.post(
             "/api/v1/tills/till-1/checkouts",
@@ -69,7 +74,7 @@ async def test_a_bad_receipt_is_refused_naming_each_field(sqlite_url: str) -> No
 
 
 async def test_the_vipps_example_receipt_is_accepted_with_warnings(database_url: str) -> None:
-    async with in_process_stack(database_url) as stack:
+    async with checked_stack(database_url) as stack:
         await stack.ensure_webhook()
         till = await stack.register_till()
         checkout = await stack.checkout(
@@ -93,7 +98,7 @@ async def test_the_vipps_example_receipt_is_accepted_with_warnings(database_url:
 async def test_idempotency_key_replays_the_same_checkout_and_refuses_another_body(
     database_url: str,
 ) -> None:
-    async with in_process_stack(database_url) as stack:
+    async with checked_stack(database_url) as stack:
         till = await stack.register_till()
         headers = {**stack.till_headers(till), "Idempotency-Key": "sale-0042"}
         body = {"amount": 4900, "currency": "NOK", "description": "Kjøp"}
@@ -118,7 +123,7 @@ async def test_idempotency_key_replays_the_same_checkout_and_refuses_another_bod
 
 
 async def test_concurrent_retries_with_one_key_make_one_checkout(database_url: str) -> None:
-    async with in_process_stack(database_url) as stack:
+    async with checked_stack(database_url) as stack:
         till = await stack.register_till()
         headers = {**stack.till_headers(till), "Idempotency-Key": "sale-0043"}
         body = {"amount": 4900, "currency": "NOK"}
@@ -135,7 +140,7 @@ async def test_concurrent_retries_with_one_key_make_one_checkout(database_url: s
 
 
 async def test_a_second_checkout_on_a_busy_till_names_the_active_one(database_url: str) -> None:
-    async with in_process_stack(database_url) as stack:
+    async with checked_stack(database_url) as stack:
         till = await stack.register_till()
         active = await stack.checkout(till, 2000)
         second = await stack.service.post(

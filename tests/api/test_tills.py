@@ -10,8 +10,8 @@ from PIL import Image
 
 from app.crypto import hash_api_key
 from app.simulator.engine import Simulator
-from tests.api.support import MSN, assert_problem, drain, fetch, wait_inbox
-from tests.support.stack import Stack, in_process_stack
+from tests.api.support import MSN, assert_problem, checked_stack, drain, fetch, wait_inbox
+from tests.support.stack import Stack
 
 
 def qr_content_at_vipps(stack: Stack, merchant_qr_id: str) -> str:
@@ -36,7 +36,7 @@ def png_modules(png: bytes, scale: int, border: int = 4) -> list[list[bool]]:
 async def test_registering_a_till_creates_its_qr_at_vipps_and_shows_the_key_once(
     database_url: str,
 ) -> None:
-    async with in_process_stack(database_url) as stack:
+    async with checked_stack(database_url) as stack:
         till = await stack.register_till("till-7", store_id="store-9")
         assert till["status"] == "ACTIVE"
         assert till["qrStatus"] == "SYNCED"
@@ -68,7 +68,7 @@ async def test_registering_a_till_creates_its_qr_at_vipps_and_shows_the_key_once
 
 
 async def test_qr_image_is_printable_svg_and_png_of_vippss_qr_content(sqlite_url: str) -> None:
-    async with in_process_stack(sqlite_url) as stack:
+    async with checked_stack(sqlite_url) as stack:
         await stack.ensure_webhook()
         till = await stack.register_till()
         content = qr_content_at_vipps(stack, till["merchantQrId"])
@@ -100,7 +100,7 @@ async def test_qr_image_is_printable_svg_and_png_of_vippss_qr_content(sqlite_url
 async def test_update_changes_the_location_at_vipps_and_deactivate_deletes_the_qr(
     database_url: str,
 ) -> None:
-    async with in_process_stack(database_url) as stack:
+    async with checked_stack(database_url) as stack:
         await stack.ensure_webhook()
         till = await stack.register_till()
         updated = await stack.service.patch(
@@ -141,7 +141,7 @@ async def test_update_changes_the_location_at_vipps_and_deactivate_deletes_the_q
 
 
 async def test_who_may_call_what(sqlite_url: str) -> None:
-    async with in_process_stack(sqlite_url) as stack:
+    async with checked_stack(sqlite_url) as stack:
         mine = await stack.register_till("till-1")
         other = await stack.register_till("till-2")
         checkout = await stack.checkout(mine, 2000)

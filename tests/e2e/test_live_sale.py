@@ -3,47 +3,90 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import httpx
+import pytest
 
+from tests.e2e.helpers import LiveTill, effective_calls
 from tests.support.live import ServiceProcess
+
+pytestmark = pytest.mark.e2e
+
+RECEIPT = {
+    "orderLines": [
+        {
+            "name": "socks",
+            "id": "line_item_1",
+            "totalAmount": 10000,
+            "totalAmountExcludingTax": 8000,
+            "totalTaxAmount": 2000,
+            "taxRate": 2500,
+            "unitInfo": {"unitPrice": 5000, "quantity": "2", "quantityUnit": "PCS"},
+        }
+    ],
+    "bottomLine": {"currency": "NOK", "receiptNumber": "0527013501"},
+}
+
+
+async def read_events(response: httpx.Response, into: list[dict[str, Any]], until: str) -> None:
+    """Collect SSE ``data`` payloads until one caused by the event ``until``."""
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            payload = json.loads(line.removeprefix("data:"))
+            into.append(payload)
+            if payload["data"].get("event") == until:
+                return
 
 
 async def test_a_sale_over_real_http(
     service: ServiceProcess, admin: httpx.AsyncClient, sim: httpx.AsyncClient
 ) -> None:
     assert (await admin.post("/api/v1/webhooks/123456/ensure")).status_code == 200
-    till = (
-        await admin.post(
-            "/api/v1/tills",
-            json={"tillId": "t1", "storeId": "s1", "locationDescription": "Kasse 1"},
+    till = await LiveTill.register(admin, sim, "t1", service.url)
+    try:
+        qr = await till.pos.get("/api/v1/tills/t1/qr", params={"format": "png"})
+        assert qr.status_code == 200
+        assert qr.content.startswith(b"\x89PNG")
+
+        events: list[dict[str, Any]] = []
+        async with till.pos.stream("GET", "/api/v1/tills/t1/events") as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            reader = asyncio.create_task(read_events(stream, events, "CAPTURE_SUCCEEDED"))
+            checkout = await till.checkout(10000, description="Socks", receipt=RECEIPT)
+            assert checkout["state"] == "AWAITING_SCAN"
+            await till.scan()
+            sent = await till.wait_for(checkout["id"], lambda c: c["paymentSent"])
+            assert sent["state"] == "PAYMENT_REQUESTED"
+            payment = (await sim.get(f"/_sim/payments/{sent['reference']}")).json()
+            assert payment["amount"] == {"currency": "NOK", "value": 10000}
+            await till.approve(sent["reference"])
+            done = await till.wait_state(checkout["id"], "CAPTURED")
+            await asyncio.wait_for(reader, 15)
+        assert done["capturedAmount"] == 10000
+        assert events[0]["kind"] == "snapshot"
+        assert [e["data"].get("event") for e in events[1:]] == [
+            None,  # checkout.created
+            "CUSTOMER_SCANNED",
+            "PAYMENT_CREATED",
+            "VIPPS_AUTHORIZED",
+            "CAPTURE_SUCCEEDED",
+        ]
+
+        refund = await till.pos.post(
+            f"/api/v1/checkouts/{checkout['id']}/refund",
+            json={"amount": 2500},
+            headers={"Idempotency-Key": "refund-t1-1"},
         )
-    ).json()
-    pos = {"Authorization": f"Bearer {till['apiKey']}"}
-    created = await admin.post(
-        "/api/v1/tills/t1/checkouts", json={"amount": 5000, "currency": "NOK"}, headers=pos
-    )
-    assert created.status_code == 201, created.text
-    checkout = created.json()
-    scan = await sim.post(f"/_sim/qr/{till['merchantQrId']}/scan", json={})
-    assert scan.status_code == 200
-    for _ in range(100):
-        current = (await admin.get(f"/api/v1/checkouts/{checkout['id']}", headers=pos)).json()
-        if current["paymentSent"]:
-            break
-        await asyncio.sleep(0.05)
-    assert (
-        await sim.post(f"/_sim/payments/{current['reference']}/approve", json={})
-    ).status_code == 200
-    for _ in range(200):
-        current = (
-            await admin.get(
-                f"/api/v1/checkouts/{checkout['id']}",
-                params={"wait": 2, "version": current["version"]},
-                headers=pos,
-            )
-        ).json()
-        if current["state"] == "CAPTURED":
-            break
-    assert current["state"] == "CAPTURED"
-    assert (await sim.get("/_sim/violations")).json()["violations"] == []
+        assert refund.status_code == 200, refund.text
+        assert refund.json()["state"] == "PARTIALLY_REFUNDED"
+        assert await effective_calls(sim, sent["reference"]) == {
+            "createPayment": 1,
+            "userApprove": 1,
+            "capturePayment": 1,
+            "refundPayment": 1,
+        }
+    finally:
+        await till.aclose()

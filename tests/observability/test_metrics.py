@@ -50,12 +50,12 @@ def drive_every_metric(metrics: Metrics) -> None:
         )
     )
     metrics.count_reconciler_repair(kind="authorized")
-    metrics.observe_vipps_call(operation="payment_create", seconds=0.12, status=201)
+    metrics.observe_vipps_call(operation="epayment.create_payment", seconds=0.12, status=201)
     metrics.observe_vipps_call(
-        operation="payment_create", seconds=0.4, status=400, error_code="2108"
+        operation="epayment.create_payment", seconds=0.4, status=400, error_code="2108"
     )
     metrics.observe_vipps_call(
-        operation="payment_get", seconds=10.0, status=None, error_code="timeout"
+        operation="epayment.get_payment", seconds=10.0, status=None, error_code="timeout"
     )
     metrics.observe_http_request(
         method="post", route="/tills/{till_id}/checkouts", status=201, seconds=0.05
@@ -96,7 +96,7 @@ def test_every_metric_family_renders_with_its_labels():
         value(
             m,
             "vipps_pos_vipps_request_duration_seconds_count",
-            operation="payment_create",
+            operation="epayment.create_payment",
             status_class="2xx",
         )
         == 1
@@ -105,14 +105,8 @@ def test_every_metric_family_renders_with_its_labels():
         value(
             m,
             "vipps_pos_vipps_request_duration_seconds_count",
-            operation="payment_get",
+            operation="epayment.get_payment",
             status_class="error",
-        )
-        == 1
-    )
-    assert (
-        value(
-            m, "vipps_pos_vipps_errors_total", operation="payment_create", status="400", code="2108"
         )
         == 1
     )
@@ -120,7 +114,17 @@ def test_every_metric_family_renders_with_its_labels():
         value(
             m,
             "vipps_pos_vipps_errors_total",
-            operation="payment_get",
+            operation="epayment.create_payment",
+            status="400",
+            code="2108",
+        )
+        == 1
+    )
+    assert (
+        value(
+            m,
+            "vipps_pos_vipps_errors_total",
+            operation="epayment.get_payment",
             status="none",
             code="timeout",
         )
@@ -141,7 +145,7 @@ def test_every_metric_family_renders_with_its_labels():
 
 def test_successful_vipps_calls_are_not_errors():
     metrics = Metrics(process_metrics=False)
-    metrics.observe_vipps_call(operation="payment_get", seconds=0.1, status=200)
+    metrics.observe_vipps_call(operation="epayment.get_payment", seconds=0.1, status=200)
     assert families(metrics)["vipps_pos_vipps_errors"] == []
 
 
@@ -166,9 +170,12 @@ def test_labels_outside_their_sets_do_not_create_series():
     metrics = Metrics(process_metrics=False)
     metrics.observe_vipps_call(operation="/v1/payments/s1-42", seconds=0.1, status=500)
     metrics.observe_vipps_call(
-        operation="payment_get", seconds=0.1, status=400, error_code="Reference s1-42 invalid"
+        operation="epayment.get_payment",
+        seconds=0.1,
+        status=400,
+        error_code="Reference s1-42 invalid",
     )
-    metrics.observe_vipps_call(operation="payment_get", seconds=0.1, status=999)
+    metrics.observe_vipps_call(operation="epayment.get_payment", seconds=0.1, status=999)
     metrics.observe_http_request(method="BREW", route="unmatched", status=404, seconds=0.01)
     metrics.observe_webhook_received(
         event_type="x", msn="not-an-msn", received_at=NOW, vipps_timestamp=None
@@ -182,7 +189,7 @@ def test_labels_outside_their_sets_do_not_create_series():
         value(
             metrics,
             "vipps_pos_vipps_errors_total",
-            operation="payment_get",
+            operation="epayment.get_payment",
             status="400",
             code=OTHER,
         )
@@ -192,7 +199,7 @@ def test_labels_outside_their_sets_do_not_create_series():
         value(
             metrics,
             "vipps_pos_vipps_request_duration_seconds_count",
-            operation="payment_get",
+            operation="epayment.get_payment",
             status_class="_invalid",
         )
         == 1

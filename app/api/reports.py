@@ -1,0 +1,120 @@
+"""Operator reports: end-of-day reconciliation, QR drift, audit-trail verification."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from app.api.deps import AdminDep, ServicesDep
+from app.api.schemas import ApiModel
+from app.errors import PROBLEM_JSON
+from app.service.drift import DriftService
+from app.service.reports import DEFAULT_TIMEZONE, EndOfDayReports, verify_audit_trail
+
+router = APIRouter(prefix="/api/v1", tags=["operators"])
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"content": {PROBLEM_JSON: {}}, "description": "Missing or unknown credential."},
+    403: {"content": {PROBLEM_JSON: {}}, "description": "Operator credential required."},
+}
+
+
+class DriftRepairRequest(ApiModel):
+    msn: str | None = Field(default=None, pattern=r"^[0-9]{4,6}$")
+    include_extra: bool = Field(
+        default=False,
+        description="Also delete QRs at Vipps that no till of ours has (they may belong to "
+        "another system on the same sales unit).",
+    )
+
+
+class AuditBreakOut(ApiModel):
+    chain: str
+    seq: int
+    entry_id: int
+    problem: str
+
+
+class AuditVerifyOut(ApiModel):
+    intact: bool
+    entries: int
+    chains: int
+    breaks: list[AuditBreakOut]
+
+
+@router.get(
+    "/reports/end-of-day",
+    responses={
+        200: {"content": {"application/json": {}, "text/csv": {}}, "description": "The report"},
+        **_PROBLEMS,
+    },
+    summary="End-of-day reconciliation per till and store, with flagged mismatches",
+)
+async def end_of_day(
+    services: ServicesDep,
+    _: AdminDep,
+    day: Annotated[date, Query(alias="date", description="Calendar day, YYYY-MM-DD")],
+    store_id: Annotated[str | None, Query(alias="storeId")] = None,
+    format: Literal["json", "csv"] = "json",
+    tz: Annotated[str, Query(description="IANA time zone of the day")] = DEFAULT_TIMEZONE,
+) -> Response:
+    report = await EndOfDayReports(services.ctx).end_of_day(day, store_id=store_id, timezone=tz)
+    if format == "csv":
+        name = f"end-of-day-{day.isoformat()}{'-' + store_id if store_id else ''}.csv"
+        return Response(
+            report.as_csv(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    return JSONResponse(report.as_json())
+
+
+@router.get(
+    "/drift",
+    responses=_PROBLEMS,
+    summary="Differences between our tills and Vipps's merchant callback QRs",
+)
+async def drift(
+    services: ServicesDep,
+    _: AdminDep,
+    msn: Annotated[str | None, Query(pattern=r"^[0-9]{4,6}$")] = None,
+) -> dict[str, Any]:
+    report = await DriftService(services.ctx, services.tills).check(msn)
+    return report.as_json()
+
+
+@router.post(
+    "/drift/repair",
+    responses=_PROBLEMS,
+    summary="Repair drift: create missing QRs, fix descriptions, delete inactive tills' QRs",
+)
+async def repair_drift(
+    services: ServicesDep, _: AdminDep, body: DriftRepairRequest | None = None
+) -> dict[str, Any]:
+    request = body or DriftRepairRequest()
+    report = await DriftService(services.ctx, services.tills).check(
+        request.msn, repair=True, include_extra=request.include_extra
+    )
+    return report.as_json()
+
+
+@router.get(
+    "/audit/verify",
+    response_model=AuditVerifyOut,
+    responses=_PROBLEMS,
+    summary="Verify every hash chain of the audit trail; lists each break",
+)
+async def verify_audit(services: ServicesDep, _: AdminDep) -> AuditVerifyOut:
+    result = await verify_audit_trail(services.ctx)
+    return AuditVerifyOut(
+        intact=result.intact,
+        entries=result.entries,
+        chains=result.chains,
+        breaks=[
+            AuditBreakOut(chain=b.chain, seq=b.seq, entry_id=b.entry_id, problem=b.problem)
+            for b in result.breaks
+        ],
+    )

@@ -1,0 +1,60 @@
+"""The OpenAPI document carries an example for every request and response body of the POS, admin
+and display API, and each example is a valid instance of its model (so examples cannot drift from
+the field names)."""
+
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from app.api import display, schemas
+from app.main import create_app
+from app.settings import Settings
+
+# Modules whose models this test guards (app/api/club.py and reports.py define their own).
+EXAMPLE_MODULES: tuple[ModuleType, ...] = (schemas, display)
+
+
+def api_models() -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = []
+    for module in EXAMPLE_MODULES:
+        for _, member in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(member, schemas.ApiModel)
+                and member is not schemas.ApiModel
+                and member.__module__ == module.__name__
+            ):
+                found.append(member)
+    return found
+
+
+def examples_of(model: type[BaseModel]) -> list[Any]:
+    extra = model.model_config.get("json_schema_extra")
+    return list(extra.get("examples", [])) if isinstance(extra, dict) else []
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    spec: dict[str, Any] = create_app(Settings(environment="test")).openapi()
+    return spec
+
+
+@pytest.mark.parametrize("model", api_models(), ids=lambda m: m.__name__)
+def test_each_example_is_a_valid_instance_of_its_model(model: type[BaseModel]) -> None:
+    for example in examples_of(model):
+        model.model_validate(example)
+
+
+def test_every_body_in_the_document_from_these_modules_has_an_example(
+    openapi: dict[str, Any],
+) -> None:
+    ours = {m.__name__ for m in api_models()}
+    components = openapi["components"]["schemas"]
+    used = [name for name in components if name in ours]
+    assert {"CheckoutOut", "CreateCheckoutRequest", "DisplayTokenOut"} <= set(used)
+    missing = [name for name in used if not components[name].get("examples")]
+    assert missing == []
