@@ -10,6 +10,7 @@ and the largest RSS seen (sampled every 100 ms with psutil).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -83,28 +84,32 @@ class Meter:
         self._task: asyncio.Task[None] | None = None
 
     @staticmethod
-    def _cpu(process: psutil.Process) -> float:
+    def _cpu(process: psutil.Process, *, children: bool = True) -> float:
+        """CPU seconds of ``process`` (and its children: uvicorn may fork workers)."""
         try:
             times = process.cpu_times()
-            children = sum(
-                c.cpu_times().user + c.cpu_times().system for c in process.children(recursive=True)
+            offspring = (
+                sum(
+                    c.cpu_times().user + c.cpu_times().system
+                    for c in process.children(recursive=True)
+                )
+                if children
+                else 0.0
             )
         except psutil.Error:
             return 0.0
-        return times.user + times.system + children
+        return float(times.user + times.system + offspring)
 
     async def _sample(self) -> None:
         while True:
             for process in self.targets:
-                try:
+                with contextlib.suppress(psutil.Error):
                     self.rss_max = max(self.rss_max, process.memory_info().rss)
-                except psutil.Error:
-                    pass
             await asyncio.sleep(0.1)
 
     async def __aenter__(self) -> Meter:
         self.started = time.perf_counter()
-        self.my_cpu = self._cpu(self.me)
+        self.my_cpu = self._cpu(self.me, children=False)
         self.their_cpu = sum(self._cpu(p) for p in self.targets)
         self._task = asyncio.create_task(self._sample())
         return self
@@ -113,7 +118,7 @@ class Meter:
         assert self._task is not None
         self._task.cancel()
         self.elapsed = time.perf_counter() - self.started
-        self.loadgen_cpu = 100 * (self._cpu(self.me) - self.my_cpu) / self.elapsed
+        self.loadgen_cpu = 100 * (self._cpu(self.me, children=False) - self.my_cpu) / self.elapsed
         self.target_cpu = (
             100 * (sum(self._cpu(p) for p in self.targets) - self.their_cpu) / self.elapsed
         )
@@ -205,7 +210,7 @@ async def open_loop(
 GRACE_SECONDS = 15.0
 
 
-async def _finish(tasks: list[asyncio.Future[None]], grace: float) -> int:
+async def _finish(tasks: Sequence[asyncio.Future[None]], grace: float) -> int:
     """Wait up to ``grace`` seconds for ``tasks``; cancel the rest and return how many."""
     if not tasks:
         return 0

@@ -119,14 +119,14 @@ class Proc:
             pin(self.process.pid, self.cpu)
         return started
 
-    async def start(self, ready_path: str = "/readyz", timeout: float = 60.0) -> Proc:
+    async def start(self, ready_path: str = "/readyz", within: float = 60.0) -> Proc:
         started = self.spawn()
-        await self.wait_ready(ready_path, timeout)
+        await self.wait_ready(ready_path, within)
         self.start_to_ready.append(time.perf_counter() - started)
         return self
 
-    async def wait_ready(self, path: str, timeout: float) -> None:
-        deadline = time.perf_counter() + timeout
+    async def wait_ready(self, path: str, within: float) -> None:
+        deadline = time.perf_counter() + within
         request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
         while time.perf_counter() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -141,7 +141,7 @@ class Proc:
             except OSError:
                 pass
             await asyncio.sleep(0.02)
-        raise TimeoutError(f"{self.name} not ready after {timeout}s")
+        raise TimeoutError(f"{self.name} not ready after {within}s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

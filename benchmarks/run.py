@@ -35,15 +35,15 @@ def log(message: str) -> None:
 
 def commit() -> str:
     try:
-        sha = subprocess.run(  # noqa: S603, S607 (git, read-only)
-            ["git", "rev-parse", "--short", "HEAD"],
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 (read-only git on PATH)
             cwd=procs.ROOT,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        dirty = subprocess.run(  # noqa: S603, S607
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
             cwd=procs.ROOT,
             capture_output=True,
             text=True,

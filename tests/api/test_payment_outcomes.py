@@ -237,3 +237,24 @@ async def test_refund_and_capture_need_the_right_state(sqlite_url: str) -> None:
         zero = await post(stack, till, f"{checkout['id']}/refund", {"amount": 0})
         body = assert_problem(zero, 422, "validation_error")
         assert [e["field"] for e in body["errors"]] == ["amount"]
+
+
+async def test_lost_answers_from_vipps_are_resolved_without_acting_twice(
+    database_url: str,
+) -> None:
+    async with checked_stack(database_url) as stack:
+        await stack.ensure_webhook()
+        for operation in ("createPayment", "capturePayment"):
+            rule = {"kind": "drop_response", "operation": operation, "times": 1}
+            assert (await stack.sim.post("/_sim/faults", json=rule)).status_code == 201
+        till, checkout = await sale(stack, 6400)
+        await stack.approve(checkout["reference"])
+        done = await stack.wait_state(till, checkout["id"], "CAPTURED", timeout=15)
+        assert done["capturedAmount"] == 6400
+        calls = await ledger(stack, reference=checkout["reference"])
+        for operation in ("createPayment", "capturePayment"):
+            made = [c for c in calls if c["operation"] == operation]
+            assert made[0]["responseDropped"] is True
+            # Every attempt reused the first one's key; exactly one took effect.
+            assert len({c["idempotencyKey"] for c in made}) == 1
+            assert sum(1 for c in made if c["effect"] and not c["replay"]) == 1

@@ -23,8 +23,6 @@ from app.devstack import BackgroundServer
 from tests.support.databases import truncate_all
 from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator, service_environment
 
-pytestmark = pytest.mark.e2e
-
 
 @dataclass
 class LiveStack:

@@ -6,11 +6,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer.main
 
 from app.cli import cli
 from app.cli.qr_sheet import _runs
 from tests.cli.conftest import LiveStack
+
+pytestmark = pytest.mark.e2e
 
 
 def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -7,12 +7,15 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from app.db import create_engine
 from app.service.webhooks import ALL_EVENTS
 from app.settings import DatabaseSettings
 from tests.cli.conftest import LiveStack
+
+pytestmark = pytest.mark.e2e
 
 
 def _sql(url: str, statement: str, **params: Any) -> None:
