@@ -27,7 +27,19 @@ def recording(directory: str | None, pid: int, name: str) -> Iterator[Path | Non
     out = Path(directory) / f"service-{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(  # noqa: S603 (py-spy from our virtualenv)
-        [tool, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", str(out)],
+        [
+            tool,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -185,7 +185,8 @@ def markdown(data: dict[str, Any], plot_name: str) -> str:
         out += [
             "## 6 Slow provider",
             "",
-            f"Webhook ingest, open loop at {r['rate']:.0f} events/s, with and without a "
+            f"Webhook ingest, open loop at {r['rate']:.0f} events/s (half the service's own "
+            "maximum from benchmark 1), with and without a "
             f"{r['latencyMs']} ms latency fault on every Vipps API call; some events are "
             "check-ins at tills with a sale waiting, so Vipps calls are in flight throughout.",
             "",

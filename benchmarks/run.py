@@ -70,7 +70,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.reps:
         scale.reps = args.reps
     names = selected(args.only)
-    log_dir = Path(args.out) / "logs"
+    log_dir = procs.ROOT / "var" / "bench-logs"  # var/ is not committed
     started = time.perf_counter()
     meta: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

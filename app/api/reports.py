@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
@@ -11,7 +12,7 @@ from pydantic import Field
 
 from app.api.deps import AdminDep, ServicesDep
 from app.api.schemas import ApiModel
-from app.errors import PROBLEM_JSON
+from app.errors import PROBLEM_JSON, ApiProblem
 from app.service.drift import DriftService
 from app.service.reports import DEFAULT_TIMEZONE, EndOfDayReports, verify_audit_trail
 
@@ -61,6 +62,10 @@ async def end_of_day(
     format: Literal["json", "csv"] = "json",
     tz: Annotated[str, Query(description="IANA time zone of the day")] = DEFAULT_TIMEZONE,
 ) -> Response:
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:  # found by schemathesis: was a 500
+        raise ApiProblem(422, "validation_error", "tz: not an IANA time zone") from exc
     report = await EndOfDayReports(services.ctx).end_of_day(day, store_id=store_id, timezone=tz)
     if format == "csv":
         name = f"end-of-day-{day.isoformat()}{'-' + store_id if store_id else ''}.csv"

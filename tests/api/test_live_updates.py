@@ -74,7 +74,8 @@ async def test_sse_streams_changes_and_replays_what_a_reconnect_missed(sqlite_ur
                 lambda e: e.data["data"].get("event") == "CAPTURE_SUCCEEDED"
             )
         assert all(e.event == "checkout.updated" for e in missed)
-        ids = [e.id for e in missed]
+        ids = [e.id for e in missed if e.id is not None]
+        assert len(ids) == len(missed)
         assert ids == sorted(ids)
         assert ids[0] > last_seen
         # Each change says what caused it; the checkout is shown as it is now.

@@ -183,6 +183,23 @@ async def test_partial_manual_capture_releases_the_rest(database_url: str) -> No
         assert calls["cancelPayment"] == 1
 
 
+async def test_cancel_after_approval_in_manual_mode_releases_the_reservation(
+    sqlite_url: str,
+) -> None:
+    async with checked_stack(sqlite_url) as stack:
+        await stack.ensure_webhook()
+        till, checkout = await sale(stack, 10000, captureMode="MANUAL")
+        await stack.approve(checkout["reference"])
+        await stack.wait_state(till, checkout["id"], "AUTHORIZED")
+        response = await post(stack, till, f"{checkout['id']}/cancel")
+        assert response.status_code == 200, response.text
+        assert response.json()["state"] == "CANCELLED"
+        assert response.json()["cancelledAmount"] == 10000
+        payment = (await stack.sim.get(f"/_sim/payments/{checkout['reference']}")).json()
+        assert payment["aggregate"]["cancelledAmount"]["value"] == 10000
+        assert "capturePayment" not in await effective_calls(stack, checkout["reference"])
+
+
 async def test_refunds_full_partial_repeated_and_never_more_than_captured(
     database_url: str,
 ) -> None:

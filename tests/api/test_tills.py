@@ -23,14 +23,15 @@ def png_modules(png: bytes, scale: int, border: int = 4) -> list[list[bool]]:
     """The dark/light module matrix drawn in a PNG rendered at ``scale`` with ``border``."""
     image = Image.open(io.BytesIO(png)).convert("L")
     size = image.width // scale - 2 * border
-    return [
-        [
-            image.getpixel(((border + x) * scale + scale // 2, (border + y) * scale + scale // 2))
-            < 128
-            for x in range(size)
-        ]
-        for y in range(size)
-    ]
+
+    def dark(x: int, y: int) -> bool:
+        pixel = image.getpixel(
+            ((border + x) * scale + scale // 2, (border + y) * scale + scale // 2)
+        )
+        assert isinstance(pixel, (int, float))  # one channel: "L"
+        return pixel < 128
+
+    return [[dark(x, y) for x in range(size)] for y in range(size)]
 
 
 async def test_registering_a_till_creates_its_qr_at_vipps_and_shows_the_key_once(

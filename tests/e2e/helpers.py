@@ -50,10 +50,13 @@ class LiveTill:
         created: dict[str, Any] = response.json()
         return created
 
-    async def scan(self, phone: str | None = None) -> None:
+    async def scan(self, phone: str | None = None) -> dict[str, Any]:
+        """The customer scans the till's QR; returns what the simulator issued (the token)."""
         body = {"phoneNumber": phone} if phone else {}
         response = await self.sim.post(f"/_sim/qr/{self.till['merchantQrId']}/scan", json=body)
         assert response.status_code == 200, response.text
+        issued: dict[str, Any] = response.json()
+        return issued
 
     async def get(self, checkout_id: str, **params: Any) -> dict[str, Any]:
         response = await self.pos.get(f"/api/v1/checkouts/{checkout_id}", params=params)

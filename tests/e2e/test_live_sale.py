@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app.observability.pii import find_pii
 from tests.e2e.helpers import LiveTill, effective_calls
-from tests.support.live import ServiceProcess
+from tests.support.live import ADMIN_KEY, ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -30,12 +31,16 @@ RECEIPT = {
 }
 
 
-async def read_events(response: httpx.Response, into: list[dict[str, Any]], until: str) -> None:
-    """Collect SSE ``data`` payloads until one caused by the event ``until``."""
+async def read_events(
+    response: httpx.Response, into: list[dict[str, Any]], until: str, started: asyncio.Event
+) -> None:
+    """Collect SSE ``data`` payloads until one caused by the event ``until``; ``started`` is set
+    once the stream's snapshot has arrived (later changes are then streamed, not snapshotted)."""
     async for line in response.aiter_lines():
         if line.startswith("data:"):
             payload = json.loads(line.removeprefix("data:"))
             into.append(payload)
+            started.set()
             if payload["data"].get("event") == until:
                 return
 
@@ -54,10 +59,12 @@ async def test_a_sale_over_real_http(
         async with till.pos.stream("GET", "/api/v1/tills/t1/events") as stream:
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
-            reader = asyncio.create_task(read_events(stream, events, "CAPTURE_SUCCEEDED"))
+            started = asyncio.Event()
+            reader = asyncio.create_task(read_events(stream, events, "CAPTURE_SUCCEEDED", started))
+            await asyncio.wait_for(started.wait(), 10)
             checkout = await till.checkout(10000, description="Socks", receipt=RECEIPT)
             assert checkout["state"] == "AWAITING_SCAN"
-            await till.scan()
+            scan = await till.scan(phone="4798765432")
             sent = await till.wait_for(checkout["id"], lambda c: c["paymentSent"])
             assert sent["state"] == "PAYMENT_REQUESTED"
             payment = (await sim.get(f"/_sim/payments/{sent['reference']}")).json()
@@ -88,5 +95,13 @@ async def test_a_sale_over_real_http(
             "capturePayment": 1,
             "refundPayment": 1,
         }
+        # Neither the customer's phone number nor any token or secret reached the logs.
+        webhook_secrets = [
+            r["secret"] for r in (await sim.get("/_sim/webhooks")).json()["registrations"]
+        ]
+        log = service.log_path.read_text()
+        assert "checkout.transition" in log
+        known = [scan["customerToken"], till.till["apiKey"], ADMIN_KEY, *webhook_secrets]
+        assert find_pii(log, known_secrets=known) == []
     finally:
         await till.aclose()

@@ -9,6 +9,7 @@ the test ends.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator
 
 MSN = "123456"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+# Every URL here is plain http on 127.0.0.1; one TLS context spares each client loading the CA file.
+_TLS = ssl.create_default_context()
 
 
 @dataclass
@@ -47,10 +50,10 @@ class Cluster:
 
     @property
     def sim(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.sim_server.url, timeout=30)
+        return httpx.AsyncClient(base_url=self.sim_server.url, timeout=30, verify=_TLS)
 
     def client(self, replica: int = 0) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.replicas[replica].url, timeout=60)
+        return httpx.AsyncClient(base_url=self.replicas[replica].url, timeout=60, verify=_TLS)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -117,9 +120,7 @@ class Cluster:
 
     async def get(self, till: dict[str, Any], checkout_id: str, replica: int = 0) -> dict[str, Any]:
         async with self.client(replica) as client:
-            response = await client.get(
-                f"/api/v1/checkouts/{checkout_id}", headers=self.pos(till)
-            )
+            response = await client.get(f"/api/v1/checkouts/{checkout_id}", headers=self.pos(till))
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()
         return result
@@ -150,7 +151,10 @@ class Cluster:
         self, till: dict[str, Any], checkout_id: str, *, timeout: float = 30.0, replica: int = 0
     ) -> dict[str, Any]:
         return await self.wait_for(
-            till, checkout_id, lambda c: c["state"] in FINAL_STATES, timeout=timeout,
+            till,
+            checkout_id,
+            lambda c: c["state"] in FINAL_STATES,
+            timeout=timeout,
             replica=replica,
         )
 

@@ -26,7 +26,7 @@ from app.service.crashpoints import CRASH_AT_VARIABLE
 from tests.reliability.conftest import Cluster
 from tests.reliability.support import assert_ledger_clean, scaled
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(400, 3600))]
 
 ROUNDS = scaled(1, 20)
 RECOVERY_LIMIT_SECONDS = 30.0

@@ -20,7 +20,7 @@ import pytest
 from tests.reliability.conftest import MSN, Cluster
 from tests.reliability.support import assert_ledger_clean, scaled
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(300, 1800))]
 
 CHECKINS = scaled(100, 1000)
 PAYMENTS = scaled(4, 20)
@@ -56,8 +56,12 @@ async def deliver_three_times(
 def check_in_body(merchant_qr_id: str) -> bytes:
     token = base64.b64encode(secrets.token_bytes(33)).decode()
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    payload = {"customerToken": token, "merchantQrId": merchant_qr_id, "msn": MSN,
-               "initiatedAt": now}
+    payload = {
+        "customerToken": token,
+        "merchantQrId": merchant_qr_id,
+        "msn": MSN,
+        "initiatedAt": now,
+    }
     return json.dumps(payload).encode()
 
 
@@ -90,9 +94,7 @@ async def test_each_checkin_delivered_three_times_across_two_replicas_takes_effe
     assert processed == CHECKINS
     assert await cluster.scalar("SELECT count(*) FROM webhook_inbox") == CHECKINS
     assert await cluster.scalar("SELECT count(*) FROM checkins") == CHECKINS
-    changes = await cluster.scalar(
-        "SELECT count(*) FROM checkout_changes WHERE kind LIKE 'scan.%'"
-    )
+    changes = await cluster.scalar("SELECT count(*) FROM checkout_changes WHERE kind LIKE 'scan.%'")
     assert changes == CHECKINS
 
 

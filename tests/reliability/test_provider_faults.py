@@ -17,10 +17,10 @@ import pytest
 from tests.reliability.conftest import Cluster
 from tests.reliability.support import assert_ledger_clean, consistent_with_vipps, scaled
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(600, 3600))]
 
 RATES = (0.10, 0.30, 0.50)
-SALES_PER_RATE = scaled(3, 30)
+SALES_PER_RATE = scaled(2, 30)
 FAULTS: tuple[dict[str, Any], ...] = (
     {"kind": "error", "status": 500},
     {"kind": "error", "status": 502},
