@@ -15,7 +15,7 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -524,21 +524,30 @@ class CheckoutService:
             checkout = await self.get(till_id, checkout_id)
         return checkout
 
-    async def wait_until(
-        self, till_id: str | None, checkout_id: str, done: Any, wait: float
+    async def _settled(
+        self,
+        scope: str | None,
+        checkout_id: str,
+        done: Callable[[Checkout, InFlight], bool],
     ) -> Checkout:
+        """Wait (at most ``max_wait_seconds``) until ``done`` holds for the checkout and the Vipps
+        calls still in flight for it; return the checkout as it then is."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
+        deadline = loop.time() + self.ctx.settings.checkout.max_wait_seconds
         while True:
             event = self.ctx.hub.event_for(checkout_key(checkout_id))
-            checkout = await self.get(till_id, checkout_id)
+            async with self.ctx.sessions() as session:
+                # Outbox first: a call finished by then is in the checkout read after it (the
+                # result and the command's status commit together).
+                in_flight = InFlight.of(await repo.pending_commands(session, checkout_id))
+                checkout = await repo.get_checkout(session, checkout_id)
+            if checkout is None or (scope is not None and checkout.till_id != scope):
+                raise CheckoutNotFound(checkout_id)
             remaining = deadline - loop.time()
-            if done(checkout) or remaining <= 0:
+            if done(checkout, in_flight) or remaining <= 0:
                 return checkout
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
-            except TimeoutError:
-                continue
 
     async def active(self, till_id: str) -> Checkout | None:
         async with self.ctx.sessions() as session:
@@ -615,11 +624,8 @@ class CheckoutService:
             if checkout.state == CheckoutState.CANCELLED.value:
                 return checkout  # cancelling twice is not an error
             raise
-        return await self.wait_until(
-            scope,
-            checkout_id,
-            lambda c: c.state not in (CheckoutState.CANCELLING.value,),
-            self.ctx.settings.checkout.max_wait_seconds,
+        return await self._settled(
+            scope, checkout_id, lambda c, _: c.state != CheckoutState.CANCELLING.value
         )
 
     async def capture(
@@ -643,22 +649,9 @@ class CheckoutService:
         crash_point("capture.after_commit")
         # A partial capture also releases the rest of the reservation (a second outbox call):
         # answer once both are over, so the till sees CAPTURED with the released amount.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ctx.settings.checkout.max_wait_seconds
-        while True:
-            event = self.ctx.hub.event_for(checkout_key(checkout_id))
-            async with self.ctx.sessions() as session:
-                # Outbox first: a call finished by then is in the checkout read after it (the
-                # result and the command's status commit together).
-                in_flight = InFlight.of(await repo.pending_commands(session, checkout_id))
-                checkout = await repo.get_checkout(session, checkout_id)
-            assert checkout is not None
-            remaining = deadline - loop.time()
-            settled = not (in_flight.capture or in_flight.cancel)
-            if settled or remaining <= 0:
-                return checkout
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
+        return await self._settled(
+            scope, checkout_id, lambda _, calls: not (calls.capture or calls.cancel)
+        )
 
     async def refund(
         self,
@@ -678,12 +671,7 @@ class CheckoutService:
             body={"amount": amount},
             actor=actor,
         )
-        return await self.wait_until(
-            scope,
-            checkout_id,
-            lambda c: c.refund_pending_value == 0,
-            self.ctx.settings.checkout.max_wait_seconds,
-        )
+        return await self._settled(scope, checkout_id, lambda _, calls: not calls.refund)
 
     async def list(
         self,

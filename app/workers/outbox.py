@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -41,7 +42,13 @@ from app.vipps.errors import (
     VippsRejected,
     VippsUnavailable,
 )
-from app.vipps.schemas import Amount, CreatePaymentRequest, ModificationResponse, PaymentDetails
+from app.vipps.schemas import (
+    Aggregate,
+    Amount,
+    CreatePaymentRequest,
+    ModificationResponse,
+    PaymentDetails,
+)
 
 log = structlog.get_logger("app.outbox")
 
@@ -62,6 +69,30 @@ class Result:
     error: str | None = None
     detail: dict[str, Any] | None = None
     failure_code: str | None = None
+
+
+@dataclass(frozen=True)
+class _MoneyMove:
+    """What differs between a capture and a refund."""
+
+    before_key: str  # payload key: Vipps's total when the command was decided
+    total: Callable[[Aggregate], int]
+    succeeded: EventKind
+    failed: EventKind
+
+
+CAPTURE = _MoneyMove(
+    "capturedBefore",
+    lambda aggregate: aggregate.captured_amount.value,
+    EventKind.CAPTURE_SUCCEEDED,
+    EventKind.CAPTURE_FAILED,
+)
+REFUND = _MoneyMove(
+    "refundedBefore",
+    lambda aggregate: aggregate.refunded_amount.value,
+    EventKind.REFUND_SUCCEEDED,
+    EventKind.REFUND_FAILED,
+)
 
 
 def _reason(error: VippsError) -> str:
@@ -201,11 +232,11 @@ class OutboxWorker:
             case CommandKind.CREATE_PAYMENT:
                 return await self._create(command, checkout)
             case CommandKind.CAPTURE:
-                return await self._capture(command, checkout)
+                return await self._move_money(command, CAPTURE)
             case CommandKind.CANCEL:
                 return await self._cancel(command, checkout)
             case CommandKind.REFUND:
-                return await self._refund(command, checkout)
+                return await self._move_money(command, REFUND)
             case CommandKind.EXCHANGE_TOKEN:
                 if self.club is None:
                     event = Event(EventKind.IDENTIFY_FINISHED, reason="customer club not set up")
@@ -259,24 +290,26 @@ class OutboxWorker:
     def _amount(self, command: OutboxCommand) -> Amount:
         return Amount(currency=command.payload["currency"], value=int(command.payload["amount"]))
 
-    async def _capture(self, command: OutboxCommand, checkout: Checkout) -> Result:
+    async def _move_money(self, command: OutboxCommand, move: _MoneyMove) -> Result:
+        """Capture or refund ``payload.amount``. Safe to repeat: same key, same body.
+
+        After an unknown outcome, Vipps's aggregate is compared with what it was when the command
+        was decided (``payload.<before>``): if the money already moved, it is not sent again.
+        """
         amount = self._amount(command)
+        assert command.reference is not None
         if command.outcome_unknown:
             details = await self._payment(command)
-            before = int(command.payload.get("capturedBefore", 0))
-            if details and details.aggregate.captured_amount.value >= before + amount.value:
-                return Result(
-                    "DONE", event=with_totals(EventKind.CAPTURE_SUCCEEDED, details.aggregate)
-                )
-        assert command.reference is not None
+            before = int(command.payload.get(move.before_key, 0))
+            if details and move.total(details.aggregate) >= before + amount.value:
+                return Result("DONE", event=with_totals(move.succeeded, details.aggregate))
+        call = self.vipps.capture_payment if move is CAPTURE else self.vipps.refund_payment
         try:
-            response = await self.vipps.capture_payment(
-                command.msn, command.reference, amount, command.idempotency_key
-            )
+            response = await call(command.msn, command.reference, amount, command.idempotency_key)
         except VippsRejected as exc:
-            event = Event(EventKind.CAPTURE_FAILED, amount=amount.value, reason=_reason(exc))
+            event = Event(move.failed, amount=amount.value, reason=_reason(exc))
             return Result("FAILED", event=event, error=_reason(exc), failure_code=exc.error_code)
-        return self._modified(EventKind.CAPTURE_SUCCEEDED, response)
+        return self._modified(move.succeeded, response)
 
     def _modified(self, kind: EventKind, response: ModificationResponse) -> Result:
         return Result("DONE", event=with_totals(kind, response.aggregate))
@@ -308,25 +341,6 @@ class OutboxWorker:
                 event=Event(EventKind.VIPPS_TERMINATED, cancelled_total=cancelled),
             )
         return self._modified(EventKind.CANCEL_SUCCEEDED, response)
-
-    async def _refund(self, command: OutboxCommand, checkout: Checkout) -> Result:
-        amount = self._amount(command)
-        if command.outcome_unknown:
-            details = await self._payment(command)
-            before = int(command.payload.get("refundedBefore", 0))
-            if details and details.aggregate.refunded_amount.value >= before + amount.value:
-                return Result(
-                    "DONE", event=with_totals(EventKind.REFUND_SUCCEEDED, details.aggregate)
-                )
-        assert command.reference is not None
-        try:
-            response = await self.vipps.refund_payment(
-                command.msn, command.reference, amount, command.idempotency_key
-            )
-        except VippsRejected as exc:
-            event = Event(EventKind.REFUND_FAILED, amount=amount.value, reason=_reason(exc))
-            return Result("FAILED", event=event, error=_reason(exc), failure_code=exc.error_code)
-        return self._modified(EventKind.REFUND_SUCCEEDED, response)
 
     # ---- recording ----------------------------------------------------------------------------
 
