@@ -25,7 +25,7 @@ from benchmarks.http import HttpPool
 
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORDER = ("ingest", "slow", "scan", "checkouts", "scale", "footprint")
-NEEDS = {"slow": "ingest", "footprint": "checkouts", "checkouts": "scan", "scale": "scan"}
+NEEDS = {"slow": "ingest", "footprint": "checkouts", "checkouts": "scan", "scale": "checkouts"}
 
 
 def log(message: str) -> None:

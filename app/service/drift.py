@@ -26,6 +26,7 @@ from app import repository as repo
 from app.models import Till
 from app.service.audit import append_audit
 from app.service.context import ServiceContext, unit_of_work
+from app.service.errors import vipps_errors_as_problems
 from app.service.tills import TillService
 from app.vipps.errors import VippsError, VippsNotFound
 from app.vipps.schemas import MerchantCallbackQr
@@ -116,6 +117,7 @@ class DriftService:
         tills = await self.tills.list()
         return tuple(sorted({self.ctx.settings.vipps.default_msn} | {t.msn for t in tills}))
 
+    @vipps_errors_as_problems
     async def check(
         self, msn: str | None = None, *, repair: bool = False, include_extra: bool = False
     ) -> DriftReport:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from app.vipps.errors import VippsAuthError, VippsError, VippsRejected, VippsUnavailable
 
 
 class _Problem(Protocol):
@@ -113,3 +116,39 @@ class VippsRefused(ServiceError):
 
 class VippsUnreachable(ServiceError):
     status, code, title = 503, "vipps_unavailable", "Vipps MobilePay is not reachable"
+
+
+class MsnNotAccessible(ServiceError):
+    """Our Vipps credentials do not cover this sales unit (Vipps answered 403)."""
+
+    status, code, title = 422, "msn_not_accessible", "Sales unit not accessible"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def vipps_errors_as_problems(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """For operator actions that call Vipps directly: its errors become problems with a code
+    (never a 500). 403 means the MSN is not ours to use; other refusals keep Vipps's code."""
+
+    @functools.wraps(call)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except VippsAuthError as exc:
+            if exc.status == 403:
+                raise MsnNotAccessible(
+                    "the Vipps credentials do not cover this sales unit (MSN)"
+                ) from exc
+            raise VippsRefused("Vipps refused our credentials", vippsStatus=exc.status) from exc
+        except VippsRejected as exc:
+            raise VippsRefused(
+                exc.title or "refused", vippsStatus=exc.status, vippsCode=exc.error_code
+            ) from exc
+        except VippsUnavailable as exc:
+            raise VippsUnreachable("Vipps did not answer; try again") from exc
+        except VippsError as exc:
+            raise VippsRefused("unexpected answer from Vipps") from exc
+
+    return wrapper

@@ -29,7 +29,7 @@ from app import repository as repo
 from app.models import WebhookRegistration
 from app.service.audit import append_audit
 from app.service.context import ServiceContext, unit_of_work
-from app.service.errors import ServiceError, VippsRefused
+from app.service.errors import ServiceError, VippsRefused, vipps_errors_as_problems
 from app.service.intake import CHECKED_IN, REGISTERING, RETIRED_SECRET_GRACE, WebhookIntake
 from app.vipps.errors import VippsNotFound, VippsRejected
 from app.vipps.schemas import Webhook
@@ -77,6 +77,7 @@ class WebhookService:
         self.ctx = ctx
         self.intake = intake
 
+    @vipps_errors_as_problems
     async def ensure(self, msn: str, *, actor: str = "admin") -> EnsureReport:
         """Exactly one registration at Vipps for our URL with every event, whose secret we hold.
 
@@ -130,6 +131,7 @@ class WebhookService:
             retired=retired,
         )
 
+    @vipps_errors_as_problems
     async def rotate(self, msn: str, *, actor: str = "admin") -> EnsureReport:
         """A new registration and secret; no event is lost or rejected on the way.
 
@@ -170,6 +172,7 @@ class WebhookService:
                 return await repo.registrations_for_msn(session, msn)
             return await repo.all_registrations(session)
 
+    @vipps_errors_as_problems
     async def list_at_vipps(self, msn: str) -> Sequence[Webhook]:
         return await self.ctx.vipps.list_webhooks(msn)
 
