@@ -15,9 +15,8 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from app.db import create_engine
+from app.db import Base, create_engine
 from app.migrations import upgrade
-from app.db import Base
 from app.settings import DatabaseSettings
 
 SERVER = os.environ.get("VIPPS_POS_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432")
