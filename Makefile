@@ -40,12 +40,12 @@ test: $(STAMP) ## Run the test suite (needs Postgres on 127.0.0.1:5432, see READ
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check + ruff format --check
-	$(BIN)/ruff check app tests alembic
-	$(BIN)/ruff format --check app tests alembic
+	$(BIN)/ruff check app tests alembic benchmarks
+	$(BIN)/ruff format --check app tests alembic benchmarks
 
 fmt: $(STAMP) ## Format and autofix
-	$(BIN)/ruff format app tests alembic
-	$(BIN)/ruff check --fix app tests alembic
+	$(BIN)/ruff format app tests alembic benchmarks
+	$(BIN)/ruff check --fix app tests alembic benchmarks
 
 typecheck: $(STAMP) ## mypy --strict on app/
 	$(BIN)/mypy app

@@ -171,6 +171,14 @@ class Demo:
     def until_final(self, line: Timeline, checkout: dict[str, Any]) -> dict[str, Any]:
         return self.follow(line, checkout, lambda c: c["final"])
 
+    def customer_answers(
+        self, line: Timeline, checkout: dict[str, Any], answer: str = "approve"
+    ) -> dict[str, Any]:
+        """The customer approves or declines in the app; follow the sale to its end."""
+        self.sim.post(f"/_sim/payments/{checkout['reference']}/{answer}", json={})
+        line.say("customer", f"{answer}s in the app")
+        return self.until_final(line, checkout)
+
     def expect(self, name: str, checkout: dict[str, Any], state: str) -> None:
         if checkout["state"] == state:
             console.print(f"  [bold green]✓[/] {name}: {state}")
@@ -186,9 +194,7 @@ class Demo:
         checkout = self.checkout(line)
         self.scan(line)
         checkout = self.until_sent(line, checkout)
-        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
-        line.say("customer", "approves in the app")
-        checkout = self.until_final(line, checkout)
+        checkout = self.customer_answers(line, checkout)
         self.expect("basket then scan", checkout, "CAPTURED")
 
     def scan_then_basket(self) -> None:
@@ -199,9 +205,7 @@ class Demo:
         line.say("service", "check-in waits for this till's next sale (token valid 15 min)")
         checkout = self.checkout(line)
         checkout = self.until_sent(line, checkout)
-        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
-        line.say("customer", "approves in the app")
-        checkout = self.until_final(line, checkout)
+        checkout = self.customer_answers(line, checkout)
         self.expect("scan then basket", checkout, "CAPTURED")
 
     def declined(self) -> None:
@@ -210,9 +214,7 @@ class Demo:
         checkout = self.checkout(line)
         self.scan(line)
         checkout = self.until_sent(line, checkout)
-        self.sim.post(f"/_sim/payments/{checkout['reference']}/decline", json={})
-        line.say("customer", "declines in the app")
-        checkout = self.until_final(line, checkout)
+        checkout = self.customer_answers(line, checkout, "decline")
         self.expect("declined", checkout, "REJECTED")
 
     def cancelled(self) -> None:
@@ -234,9 +236,7 @@ class Demo:
         checkout = self.checkout(line)
         self.scan(line)
         checkout = self.until_sent(line, checkout)
-        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
-        line.say("customer", "approves in the app")
-        checkout = self.until_final(line, checkout)
+        checkout = self.customer_answers(line, checkout)
         line.say("till", "refunds 349.00 NOK (the thermos)")
         response = self.service.post(
             f"/api/v1/checkouts/{checkout['id']}/refund",
@@ -303,9 +303,7 @@ class Demo:
         response.raise_for_status()
         line.say("till", f"sends the member price {amount / 100:.2f} NOK (was {AMOUNT / 100:.2f})")
         checkout = self.until_sent(line, response.json())
-        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
-        line.say("customer", "approves in the app")
-        checkout = self.until_final(line, checkout)
+        checkout = self.customer_answers(line, checkout)
         self.expect("member sale", checkout, "CAPTURED")
         if checkout["capturedAmount"] != amount:
             self.failures.append("member price not charged")
@@ -330,9 +328,7 @@ class Demo:
         checkout = self.follow(line, checkout, lambda c: c["state"] == "AWAITING_POS_UPDATE")
         line.say("till", "new member: no member price this time (the hold lapses after 3 s)")
         checkout = self.follow(line, checkout, lambda c: c["paymentSent"], timeout=40)
-        self.sim.post(f"/_sim/payments/{checkout['reference']}/approve", json={})
-        line.say("customer", "approves in the app")
-        checkout = self.until_final(line, checkout)
+        checkout = self.customer_answers(line, checkout)
         self.expect("enrollment", checkout, "CAPTURED")
         member_id = (checkout.get("member") or {}).get("id")
         if member_id:

@@ -28,7 +28,7 @@ from tests.reliability.support import assert_ledger_clean, scaled
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(400, 3600))]
 
-ROUNDS = scaled(1, 20)
+ROUNDS = scaled(1, 20, override="CRASH_ROUNDS")
 RECOVERY_LIMIT_SECONDS = 30.0
 LEASE_SECONDS = "5"
 

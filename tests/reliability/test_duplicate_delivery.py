@@ -22,7 +22,7 @@ from tests.reliability.support import assert_ledger_clean, scaled
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(300, 1800))]
 
-CHECKINS = scaled(100, 1000)
+CHECKINS = scaled(100, 1000, override="CHECKINS")
 PAYMENTS = scaled(4, 20)
 COPIES = 3
 

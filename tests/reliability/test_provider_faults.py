@@ -20,7 +20,7 @@ from tests.reliability.support import assert_ledger_clean, consistent_with_vipps
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(600, 3600))]
 
 RATES = (0.10, 0.30, 0.50)
-SALES_PER_RATE = scaled(1, 30)
+SALES_PER_RATE = scaled(1, 30, override="FAULT_SALES_PER_RATE")
 FAULTS: tuple[dict[str, Any], ...] = (
     {"kind": "error", "status": 500},
     {"kind": "error", "status": 502},

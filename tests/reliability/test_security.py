@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(240, 7200))]
 MSN = "123456"
 HOST = "pos.test"  # tests.support.stack.SERVICE_URL
 PATH = f"/webhooks/vipps/{MSN}"
-FUZZ_EXAMPLES = scaled(5, 200)
+FUZZ_EXAMPLES = scaled(5, 200, override="FUZZ_EXAMPLES")
 
 
 async def table_counts(url: str) -> dict[str, int]:

@@ -427,7 +427,7 @@ def test_random_operations_keep_money_and_state_consistent(postgres_url: str) ->
         run_state_machine_as_test(
             CheckoutMachine,
             settings=settings(
-                max_examples=scaled(3, 500),
+                max_examples=scaled(3, 500, override="STATEFUL_EXAMPLES"),
                 stateful_step_count=scaled(12, 30),
                 deadline=None,
                 suppress_health_check=list(HealthCheck),
