@@ -78,14 +78,24 @@ def create_app(
         await hub.start_listening(settings.database.url)
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
+        outbox = OutboxWorker(ctx, services.checkouts, outbox_vipps, club=club)
         workers = (
-            OutboxWorker(ctx, services.checkouts, outbox_vipps, club=club),
+            outbox,
             InboxWorker(ctx, services.intake),
             Reconciler(ctx, services.checkouts, vipps),
         )
         app.state.workers = workers
         if settings.workers.enabled:
-            tasks = [asyncio.create_task(w.run(stop), name=type(w).__name__) for w in workers]
+            # Several outbox loops share one worker (its rate-limit memory); claims are
+            # SKIP LOCKED and commands of one checkout still run in order.
+            loops: list[OutboxWorker | InboxWorker | Reconciler] = [
+                *([outbox] * settings.workers.outbox_concurrency),
+                *workers[1:],
+            ]
+            tasks = [
+                asyncio.create_task(w.run(stop), name=f"{type(w).__name__}-{n}")
+                for n, w in enumerate(loops)
+            ]
         if settings.webhooks.ensure_on_startup:
             msns = {settings.vipps.default_msn} | {t.msn for t in await services.tills.list()}
             for msn in sorted(msns):
@@ -103,6 +113,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await services.intake.aclose()
             await club.aclose()
             await hub.stop()
             await http.aclose()

@@ -197,6 +197,12 @@ class WorkerSettings(BaseModel):
     enabled: bool = True
     outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
     outbox_batch_size: int = Field(default=20, ge=1, le=500)
+    outbox_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Outbox loops per process; a slow Vipps call holds up only its own loop.",
+    )
     outbox_lease_seconds: int = Field(default=30, ge=5)
     reconcile_interval_seconds: float = Field(default=2.0, gt=0)
     # Vipps polling guidance: first poll ~5 s after create, then every 2 s (REFERENCE.md §7.11).

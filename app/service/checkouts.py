@@ -624,8 +624,12 @@ class CheckoutService:
             if checkout.state == CheckoutState.CANCELLED.value:
                 return checkout  # cancelling twice is not an error
             raise
+        # Vipps's "cancelled" webhook may close the checkout before the cancel call's own
+        # answer (with the released amount) is recorded: wait for both.
         return await self._settled(
-            scope, checkout_id, lambda c, _: c.state != CheckoutState.CANCELLING.value
+            scope,
+            checkout_id,
+            lambda c, calls: c.state != CheckoutState.CANCELLING.value and not calls.cancel,
         )
 
     async def capture(

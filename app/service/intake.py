@@ -13,6 +13,7 @@ so one bad event never blocks the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import select
 
 from app import repository as repo
 from app.domain.state_machine import CheckoutState, Event, EventKind
@@ -38,6 +40,8 @@ from app.vipps.signature import WebhookSignatureError, verify_webhook
 log = structlog.get_logger("app.webhooks")
 
 CHECKED_IN = "user.checked-in.v1"
+# How long the inbox worker leaves a fresh event to the replica that received it.
+INLINE_LEASE = timedelta(seconds=5)
 # How long a rotated-out registration's secret still verifies. Vipps retries a failed delivery
 # with the secret it was signed with: about every 2 s four times, then after 60 s and 120 s, then
 # hourly (REFERENCE.md §6.4) — an hour covers every retry of a delivery that was in flight.
@@ -122,7 +126,9 @@ class WebhookIntake:
         self.ctx = ctx
         self.checkouts = checkouts
         self._secrets: dict[str, tuple[float, list[str]]] = {}
+        self._inline: set[asyncio.Task[None]] = set()
         self._reloaded_at: dict[str, float] = {}
+        self._reload_locks: dict[str, asyncio.Lock] = {}
         self._registering: dict[str, bool] = {}
 
     def forget_secrets(self, msn: str | None = None) -> None:
@@ -162,14 +168,23 @@ class WebhookIntake:
         self._registering[msn] = registering
         return secrets, registering
 
-    def _may_reload(self, msn: str) -> bool:
-        """At most ten forced re-reads per MSN and second (unless a registration is being made),
-        so forged deliveries cannot each turn into a database read."""
-        now = time.monotonic()
-        if self._registering.get(msn) or self._reloaded_at.get(msn, 0.0) <= now - 0.1:
-            self._reloaded_at[msn] = now
-            return True
-        return False
+    async def _reread(self, msn: str, *, since: float) -> tuple[list[str], bool]:
+        """Secrets as the database holds them at some moment after ``since`` (monotonic).
+
+        Re-reads are coalesced per MSN — one at a time, at most one per 100 ms, and a read that
+        started after ``since`` is shared — so a flood of forged deliveries costs at most ten
+        queries a second, and a genuine delivery is never judged on secrets older than itself.
+        """
+        lock = self._reload_locks.setdefault(msn, asyncio.Lock())
+        async with lock:
+            started = self._reloaded_at.get(msn, 0.0)
+            if started >= since and msn in self._secrets:
+                return self._secrets[msn][1], self._registering.get(msn, False)
+            pause = started + 0.1 - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            self._reloaded_at[msn] = time.monotonic()
+            return await self._read_secrets(msn)
 
     async def _verified_secrets(
         self, msn: str, headers: Mapping[str, str], body: bytes, now: datetime
@@ -181,16 +196,16 @@ class WebhookIntake:
         registration is being made, Vipps can deliver with its secret before we have stored it
         (the secret only comes in the register response): wait for it instead of rejecting.
         """
+        arrived = time.monotonic()
         secrets = await self.secrets_for(msn)
         reason = self._rejection(secrets, msn, headers, body, now)
-        if reason is None or not self._may_reload(msn):
-            return secrets, reason
-        secrets, registering = await self._read_secrets(msn)
+        if reason is None:
+            return secrets, None
+        secrets, registering = await self._reread(msn, since=arrived)
         reason = self._rejection(secrets, msn, headers, body, now)
         deadline = time.monotonic() + _REGISTERING_WAIT_SECONDS
         while reason is not None and registering and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            secrets, registering = await self._read_secrets(msn)
+            secrets, registering = await self._reread(msn, since=time.monotonic())
             reason = self._rejection(secrets, msn, headers, body, now)
         return secrets, reason
 
@@ -255,8 +270,10 @@ class WebhookIntake:
             "event_time": event_time,
             "received_at": now,
             "status": "PENDING" if understood else "FAILED",
-            "attempts": 0,
-            "next_attempt_at": now if understood else now + timedelta(days=3650),
+            # Processed right after this commit by the receiving replica (see _process_soon); the
+            # inbox worker takes over only if that has not happened within the lease.
+            "attempts": 1 if understood else 0,
+            "next_attempt_at": now + INLINE_LEASE if understood else now + timedelta(days=3650),
             "last_error": None if understood else "payload not understood (kept for inspection)",
         }
         async with unit_of_work(self.ctx) as work:
@@ -277,7 +294,35 @@ class WebhookIntake:
             inbox_id=inbox_id,
             reference=reference,
         )
+        if understood:
+            self._process_soon(inbox_id)
         return IntakeResult(inbox_id, False, event_type)
+
+    def _process_soon(self, inbox_id: int) -> None:
+        """Process the stored event right away, after the 2xx is decided, without holding the
+        response. The inbox row is the durable record: if this process dies first, the inbox
+        worker processes it once the lease has passed."""
+        task = asyncio.create_task(self._process_inline(inbox_id), name=f"inbox-{inbox_id}")
+        self._inline.add(task)
+        task.add_done_callback(self._inline.discard)
+
+    async def _process_inline(self, inbox_id: int) -> None:
+        try:
+            await self.process(inbox_id)
+        except Exception as exc:
+            log.warning("inbox.event_failed", inbox_id=inbox_id, exc_info=True)
+            try:
+                await self.record_failure(inbox_id, exc)
+            except Exception:  # the lease expires and the inbox worker retries it
+                log.exception("inbox.record_failure_failed", inbox_id=inbox_id)
+
+    async def aclose(self) -> None:
+        """Stop inline processing; unfinished events stay PENDING for the inbox worker."""
+        for task in list(self._inline):
+            task.cancel()
+        for task in list(self._inline):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # ---- processing ---------------------------------------------------------------------------
 
@@ -297,7 +342,14 @@ class WebhookIntake:
     async def process(self, inbox_id: int) -> str:
         """Process one stored event in its own transaction; returns the outcome label."""
         async with unit_of_work(self.ctx) as work:
-            row = await work.session.get(InboxEvent, inbox_id, populate_existing=True)
+            # Locked: the receiving replica and the inbox worker may both get here (after the
+            # lease); the second waits, then sees PROCESSED and stops.
+            row = await work.session.scalar(
+                select(InboxEvent)
+                .where(InboxEvent.id == inbox_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
             if row is None or row.status in ("PROCESSED", "UNMATCHED"):
                 return "skipped"
             payload = self._payload(row)

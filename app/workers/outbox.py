@@ -54,7 +54,9 @@ log = structlog.get_logger("app.outbox")
 
 RATE_LIMIT_CALLS = 5
 RATE_LIMIT_WINDOW = 60.0
-MAX_BACKOFF_SECONDS = 120.0
+# Retries of money-moving calls are already spaced by the 5-per-minute limit per reference;
+# a longer backoff would only leave a refund or capture waiting after Vipps has recovered.
+MAX_BACKOFF_SECONDS = 15.0
 _MUTATING = frozenset({"CREATE_PAYMENT", "CAPTURE", "CANCEL", "REFUND"})
 
 
