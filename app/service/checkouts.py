@@ -51,6 +51,7 @@ from app.service.errors import (
     InvalidCheckout,
     TillInactive,
     TransitionRefused,
+    vipps_errors_as_problems,
 )
 from app.service.sync import repair_events
 from app.vipps.errors import VippsNotFound
@@ -716,6 +717,7 @@ class CheckoutService:
                 )
         return changed
 
+    @vipps_errors_as_problems  # an operator action: Vipps's refusal is a problem, not a 500
     async def resync(self, checkout_id: str) -> Checkout:
         await self.sync_with_vipps(checkout_id, actor="admin")
         return await self.get(None, checkout_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -118,6 +119,13 @@ class VippsUnreachable(ServiceError):
     status, code, title = 503, "vipps_unavailable", "Vipps MobilePay is not reachable"
 
 
+class VippsRateLimited(ServiceError):
+    """Vipps answered 429 (its per-payment limit, REFERENCE.md §7.11): ask again after
+    ``Retry-After``. Not an outage, so not a 503."""
+
+    status, code, title = 429, "vipps_rate_limited", "Vipps MobilePay rate limit reached"
+
+
 class MsnNotAccessible(ServiceError):
     """Our Vipps credentials do not cover this sales unit (Vipps answered 403)."""
 
@@ -147,6 +155,10 @@ def vipps_errors_as_problems(call: Callable[P, Awaitable[R]]) -> Callable[P, Awa
                 exc.title or "refused", vippsStatus=exc.status, vippsCode=exc.error_code
             ) from exc
         except VippsUnavailable as exc:
+            if exc.status == 429:
+                limited = VippsRateLimited("Vipps limits calls per payment; try again later")
+                limited.headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 60)))}
+                raise limited from exc
             raise VippsUnreachable("Vipps did not answer; try again") from exc
         except VippsError as exc:
             raise VippsRefused("unexpected answer from Vipps") from exc

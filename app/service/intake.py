@@ -127,6 +127,7 @@ class WebhookIntake:
         self.checkouts = checkouts
         self._secrets: dict[str, tuple[float, list[str]]] = {}
         self._inline: set[asyncio.Task[None]] = set()
+        self._closing = False
         self._reloaded_at: dict[str, float] = {}
         self._reload_locks: dict[str, asyncio.Lock] = {}
         self._registering: dict[str, bool] = {}
@@ -302,6 +303,8 @@ class WebhookIntake:
         """Process the stored event right away, after the 2xx is decided, without holding the
         response. The inbox row is the durable record: if this process dies first, the inbox
         worker processes it once the lease has passed."""
+        if self._closing:
+            return  # shutting down: the inbox worker picks it up after the next start
         task = asyncio.create_task(self._process_inline(inbox_id), name=f"inbox-{inbox_id}")
         self._inline.add(task)
         task.add_done_callback(self._inline.discard)
@@ -316,11 +319,17 @@ class WebhookIntake:
             except Exception:  # the lease expires and the inbox worker retries it
                 log.exception("inbox.record_failure_failed", inbox_id=inbox_id)
 
-    async def aclose(self) -> None:
-        """Stop inline processing; unfinished events stay PENDING for the inbox worker."""
-        for task in list(self._inline):
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Let inline processing finish (each is one short transaction); after ``grace`` seconds
+        cancel the rest — unfinished events stay PENDING for the inbox worker. Cancelling at once
+        would abandon open database connections mid-transaction."""
+        self._closing = True
+        pending = set(self._inline)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
             task.cancel()
-        for task in list(self._inline):
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

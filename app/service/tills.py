@@ -24,6 +24,7 @@ from app.models import Store, Till
 from app.service.audit import append_audit
 from app.service.context import ServiceContext, unit_of_work
 from app.service.errors import (
+    MsnNotAccessible,
     ServiceError,
     StoreNotFound,
     TillExists,
@@ -31,7 +32,7 @@ from app.service.errors import (
     VippsRefused,
     VippsUnreachable,
 )
-from app.vipps.errors import VippsError, VippsNotFound, VippsRejected
+from app.vipps.errors import VippsAuthError, VippsError, VippsNotFound, VippsRejected
 
 log = structlog.get_logger("app.tills")
 TILL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -269,6 +270,14 @@ class TillService:
                 qr = await self.ctx.vipps.get_callback_qr(till.msn, till.merchant_qr_id)
             except VippsRejected as exc:
                 raise VippsRefused(str(exc)[:300]) from exc
+            except VippsAuthError as exc:
+                if exc.status == 403:
+                    # Vipps: "The API keys are not valid for sales unit …" — the till's MSN is
+                    # not ours to use; retrying cannot help, so not a 503 (found by schemathesis).
+                    raise MsnNotAccessible(
+                        "the Vipps credentials do not cover this till's sales unit (MSN)"
+                    ) from exc
+                raise VippsUnreachable(str(exc)[:300]) from exc
             except VippsError as exc:
                 raise VippsUnreachable(str(exc)[:300]) from exc
             content = qr.qr_content

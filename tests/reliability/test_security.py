@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import text
 
 from app.db import create_engine
+from app.domain.state_machine import CheckoutState
 from app.models import Base
 from app.settings import DatabaseSettings
 from app.vipps.signature import format_ms_date, sign_webhook
@@ -331,12 +332,27 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         # Each of these answered 500 before (schemathesis findings, docs/RELIABILITY.md).
         "/api/v1/checkouts?olderThanSeconds=26986126976925163082974063075786752",
         "/api/v1/reports/end-of-day?date=2026-02-03&tz=%23%09%2F",
+        # Soak run of 2026-11-27: a NUL byte reached Postgres; a date at year 1 overflowed.
+        "/api/v1/checkouts?state=%00&state=AUTHORIZED",
+        "/api/v1/inbox?status=%00",
+        "/api/v1/inbox?status=false",
+        "/api/v1/reports/end-of-day?date=0001-01-01&storeId=oslo-1",
     ],
 )
 async def test_fuzzed_admin_queries_are_refused_with_422(stack: Stack, url: str) -> None:
     response = await stack.service.get(url, headers=stack.admin)
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "validation_error"
+
+
+async def test_admin_list_filters_still_accept_every_known_value(stack: Stack) -> None:
+    # The filters became enums (see above); every value the service itself writes must pass.
+    states = "&".join(f"state={s}" for s in CheckoutState)
+    checkouts = await stack.service.get(f"/api/v1/checkouts?{states}", headers=stack.admin)
+    assert checkouts.status_code == 200, checkouts.text
+    statuses = "&".join(f"status={s}" for s in ("PENDING", "PROCESSED", "UNMATCHED", "FAILED"))
+    inbox = await stack.service.get(f"/api/v1/inbox?{statuses}", headers=stack.admin)
+    assert inbox.status_code == 200, inbox.text
 
 
 async def test_ensure_webhook_for_a_sales_unit_we_may_not_use_is_a_422(stack: Stack) -> None:
@@ -346,6 +362,52 @@ async def test_ensure_webhook_for_a_sales_unit_we_may_not_use_is_a_422(stack: St
     assert response.json()["code"] == "msn_not_accessible"
     drift = await stack.service.get("/api/v1/drift", params={"msn": "0000"}, headers=stack.admin)
     assert drift.status_code == 422, drift.text
+
+
+async def test_qr_and_resync_of_a_till_on_a_sales_unit_we_may_not_use_are_422(stack: Stack) -> None:
+    # Soak run of 2026-11-27: Vipps's 403 for the till's MSN came back as a 503 (a server error).
+    till = await stack.service.post(
+        "/api/v1/tills",
+        json={
+            "tillId": "foreign-msn",
+            "storeId": "store-1",
+            "locationDescription": "Kasse 9",
+            "msn": "0000",
+        },
+        headers=stack.admin,
+    )
+    assert till.status_code == 201, till.text
+    response = await stack.service.get("/api/v1/tills/foreign-msn/qr", headers=stack.admin)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "msn_not_accessible"
+    # Same sales unit, soak re-run: an operator's resync of its checkout was a 500.
+    pos = {"Authorization": f"Bearer {till.json()['apiKey']}"}
+    checkout = await stack.service.post(
+        "/api/v1/tills/foreign-msn/checkouts", json={"amount": 1000, "currency": "NOK"}, headers=pos
+    )
+    assert checkout.status_code == 201, checkout.text
+    resync = await stack.service.post(
+        f"/api/v1/checkouts/{checkout.json()['id']}/resync", headers=stack.admin
+    )
+    assert resync.status_code == 422, resync.text
+    assert resync.json()["code"] == "msn_not_accessible"
+
+
+async def test_resync_when_vipps_rate_limits_the_payment_is_a_429_with_retry_after(
+    stack: Stack,
+) -> None:
+    # Soak re-run: 200+ resyncs of one checkout a minute met Vipps's per-payment limit, and its
+    # 429 came back to the operator as a 503 (a server error).
+    till = await stack.register_till("resync-till")
+    checkout = await stack.checkout(till)
+    rule = {"kind": "error", "status": 429, "retryAfter": 7, "path": "/epayment/v1/*"}
+    assert (await stack.sim.post("/_sim/faults", json={**rule, "probability": 1})).is_success
+    response = await stack.service.post(
+        f"/api/v1/checkouts/{checkout['id']}/resync", headers=stack.admin
+    )
+    assert response.status_code == 429, response.text
+    assert response.json()["code"] == "vipps_rate_limited"
+    assert response.headers["Retry-After"] == "7"
 
 
 async def test_ensure_webhook_for_a_malformed_msn_is_refused_before_calling_vipps(
