@@ -145,12 +145,16 @@ def _processors(*, from_structlog: bool) -> list[Processor]:
     positional: list[Processor] = (
         [structlog.stdlib.PositionalArgumentsFormatter()] if from_structlog else []
     )
+    # Stdlib records (the Vipps client logs with ``extra=``) keep their fields; they pass the
+    # masking processor below like everything else.
+    extras: list[Processor] = [] if from_structlog else [structlog.stdlib.ExtraAdder()]
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
         *positional,
+        *extras,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
         mask_event_dict,
