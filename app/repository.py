@@ -57,10 +57,6 @@ async def get_store(session: AsyncSession, store_id: str) -> Store | None:
     return await session.get(Store, store_id)
 
 
-async def list_stores(session: AsyncSession) -> Sequence[Store]:
-    return (await session.scalars(select(Store).order_by(Store.id))).all()
-
-
 async def get_till(session: AsyncSession, till_id: str) -> Till | None:
     return await session.get(Till, till_id)
 

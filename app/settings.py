@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import cached_property
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -272,13 +271,6 @@ class Settings(BaseSettings):
             problems = self.production_problems()
             if problems:
                 raise UnsafeConfiguration(problems)
-
-    @property
-    def sqlite_path(self) -> Path | None:
-        if not self.database.is_sqlite:
-            return None
-        raw = self.database.url.split(":///", 1)[-1]
-        return None if raw in ("", ":memory:") else Path(raw)
 
 
 class UnsafeConfiguration(RuntimeError):
