@@ -113,7 +113,8 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await services.intake.aclose()
+            await services.intake.aclose()  # may still hand commands to the outbox
+            await outbox.aclose()
             await club.aclose()
             await hub.stop()
             await http.aclose()

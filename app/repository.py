@@ -261,6 +261,43 @@ async def insert_inbox(session: AsyncSession, values: dict[str, Any]) -> int | N
     return (await session.execute(statement)).scalar_one_or_none()
 
 
+_INBOX_COLUMNS = (
+    "dedup_key", "msn", "event_type", "reference", "body", "body_encrypted", "event_time",
+    "received_at", "status", "attempts", "next_attempt_at", "last_error",
+)  # fmt: skip
+_INSERT_INBOX_PG = """
+    INSERT INTO webhook_inbox (dedup_key, msn, event_type, reference, body, body_encrypted,
+                               event_time, received_at, status, attempts, next_attempt_at,
+                               last_error)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING id
+"""
+
+
+async def store_inbox_event(session: AsyncSession, values: dict[str, Any]) -> int | None:
+    """Insert and commit one webhook (the intake's only write); ``None`` for a duplicate.
+
+    On Postgres this is a single statement in autocommit on the session's asyncpg connection —
+    one round trip, prepared once per connection (asyncpg's statement cache) — instead of
+    BEGIN / INSERT / COMMIT through the ORM, which was most of the intake's CPU
+    (benchmarks/README.md). ``values`` holds exactly the ``_INBOX_COLUMNS``. Elsewhere (SQLite)
+    the ORM insert in its own transaction.
+    """
+    if _is_postgres(session):
+        connection = await session.connection()
+        # No SQLAlchemy statement ran on it, so the driver connection is outside a transaction:
+        # the INSERT commits on its own. Closing the session then rolls back nothing.
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        inserted: int | None = await driver.fetchval(
+            _INSERT_INBOX_PG, *(values[column] for column in _INBOX_COLUMNS)
+        )
+        return inserted
+    async with session.begin():
+        return await insert_inbox(session, values)
+
+
 async def claim_inbox(
     session: AsyncSession, now: datetime, lease: timedelta, limit: int
 ) -> Sequence[InboxEvent]:

@@ -165,14 +165,22 @@ class CheckoutService:
         """Decide and persist. The caller holds the till's lock (see :func:`repo.lock_till`)."""
         club_step, hold, hold_seconds = await self._store_policy(work, checkout)
         await work.session.flush()  # outbox rows finished in this transaction count as finished
-        in_flight = InFlight.of(await repo.pending_commands(work.session, checkout.id))
+        unfinished = await repo.pending_commands(work.session, checkout.id)
+        in_flight = InFlight.of(unfinished)
         facts = facts_of(checkout, self.ctx, club_step=club_step, hold=hold, in_flight=in_flight)
         try:
             decision = decide(facts, event)
         except InvalidTransition as exc:
             raise TransitionRefused(exc.code, exc.detail, checkout.state) from exc
         await self._persist(
-            work, checkout, facts, event, decision, actor=actor, hold_seconds=hold_seconds
+            work,
+            checkout,
+            facts,
+            event,
+            decision,
+            actor=actor,
+            hold_seconds=hold_seconds,
+            first_in_line=not unfinished,
         )
         return decision
 
@@ -186,6 +194,7 @@ class CheckoutService:
         *,
         actor: str,
         hold_seconds: int = 0,
+        first_in_line: bool = False,
     ) -> None:
         now = self.ctx.clock()
         previous = checkout.state
@@ -219,8 +228,10 @@ class CheckoutService:
             decision.outcome is Outcome.ANOMALY or decision.state in (CheckoutState.FAILED,)
         ):
             checkout.failure_detail = decision.note
-        for command in decision.commands:
-            await self._queue(work, checkout, command, now)
+        for index, command in enumerate(decision.commands):
+            # Only a command with nothing before it in the checkout's line may be sent at once
+            # (commands of a checkout run in order; see repository.claim_outbox).
+            await self._queue(work, checkout, command, now, claim=first_in_line and index == 0)
         if not (state_changed or money_changed or decision.commands):
             return
         checkout.version += 1
@@ -306,7 +317,16 @@ class CheckoutService:
                 # The customer token is useless now; do not keep it.
                 checkout.customer_token_enc = None
 
-    async def _queue(self, work: Work, checkout: Checkout, command: Command, now: datetime) -> None:
+    async def _queue(
+        self, work: Work, checkout: Checkout, command: Command, now: datetime, *, claim: bool
+    ) -> None:
+        """Add the command to the outbox, in the deciding transaction.
+
+        With ``claim`` (and an outbox running in this process) the row is written already claimed
+        — ``IN_FLIGHT`` with a lease, as :func:`repository.claim_outbox` would leave it — and is
+        dispatched right after the commit. If this process dies before the call is recorded, the
+        lease expires and any replica's claim loop retries it with the same ``Idempotency-Key``.
+        """
         suffix = _IDEMPOTENCY_SUFFIX[command.kind]
         if command.kind is CommandKind.CREATE_PAYMENT:
             key = f"{checkout.reference}-{suffix}"
@@ -323,23 +343,29 @@ class CheckoutService:
                 "capturedBefore": checkout.captured_value,
                 "refundedBefore": checkout.refunded_value,
             }
-        work.session.add(
-            OutboxCommand(
-                checkout_id=checkout.id,
-                till_id=checkout.till_id,
-                kind=command.kind.value,
-                msn=checkout.msn,
-                reference=checkout.reference,
-                idempotency_key=key,
-                payload=payload,
-                status="PENDING",
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
-            )
+        claim = claim and self.ctx.dispatch_soon is not None
+        lease = timedelta(seconds=self.ctx.settings.workers.outbox_lease_seconds)
+        row = OutboxCommand(
+            checkout_id=checkout.id,
+            till_id=checkout.till_id,
+            kind=command.kind.value,
+            msn=checkout.msn,
+            reference=checkout.reference,
+            idempotency_key=key,
+            payload=payload,
+            status="IN_FLIGHT" if claim else "PENDING",
+            attempts=1 if claim else 0,
+            outcome_unknown=False,
+            lease_until=now + lease if claim else None,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
         )
-        work.outbox_added = True
+        work.session.add(row)
+        if claim:
+            work.dispatch_now.append(row)
+        else:
+            work.outbox_added = True
 
     def _create_payment_body(self, checkout: Checkout) -> dict[str, Any]:
         """The create-payment body, frozen at decision time so every retry sends the same bytes.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import SecretBox
+from app.models import OutboxCommand
 from app.notifications import CHANNEL, ChangeHub
 from app.observability.metrics import Metrics
 from app.settings import Settings
@@ -30,6 +31,11 @@ class ServiceContext:
     hub: ChangeHub
     metrics: Metrics
     clock: Callable[[], datetime] = utcnow
+    # Set while this process runs the outbox (the app's lifespan, with workers enabled): a
+    # command decided here is claimed in the deciding transaction and handed to it right after
+    # the commit, instead of waiting for a worker's next claim. ``None``: the workers' claim
+    # loop picks the command up (the operator CLI, tests without workers).
+    dispatch_soon: Callable[[Sequence[OutboxCommand]], None] | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -45,6 +51,8 @@ class Work:
     changed: set[tuple[str, str | None]] = field(default_factory=set)
     outbox_added: bool = False
     inbox_added: bool = False
+    # Commands claimed in this transaction (IN_FLIGHT, leased) for ``ServiceContext.dispatch_soon``.
+    dispatch_now: list[OutboxCommand] = field(default_factory=list)
 
     async def announce(self, till_id: str, checkout_id: str | None) -> None:
         """Mark a visible change; on Postgres other replicas hear of it when this commits."""
@@ -66,6 +74,8 @@ async def unit_of_work(ctx: ServiceContext) -> AsyncIterator[Work]:
             yield work
         for till_id, checkout_id in work.changed:
             ctx.hub.signal_change(till_id, checkout_id)
+        if work.dispatch_now and ctx.dispatch_soon is not None:
+            ctx.dispatch_soon(work.dispatch_now)
         if work.outbox_added:
             ctx.hub.outbox_wakeup.set()
         if work.inbox_added:

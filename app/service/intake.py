@@ -277,9 +277,10 @@ class WebhookIntake:
             "next_attempt_at": now + INLINE_LEASE if understood else now + timedelta(days=3650),
             "last_error": None if understood else "payload not understood (kept for inspection)",
         }
-        async with unit_of_work(self.ctx) as work:
-            inbox_id = await repo.insert_inbox(work.session, values)
-            work.inbox_added = inbox_id is not None and understood
+        # No wake-up for the inbox worker: this replica processes the event itself right after
+        # the commit (``_process_soon``); the worker only takes over once the lease has passed.
+        async with self.ctx.sessions() as session:
+            inbox_id = await repo.store_inbox_event(session, values)
         if inbox_id is not None:
             crash_point("webhook.after_inbox_commit")
         self.ctx.metrics.observe_webhook_received(

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -119,11 +119,38 @@ class OutboxWorker:
         self.club = club
         self._calls: dict[str, deque[float]] = {}
         self._inflight: set[int] = set()
+        self._direct: set[asyncio.Task[None]] = set()
+
+    # ---- direct hand-off ----------------------------------------------------------------------
+
+    def dispatch_soon(self, commands: Sequence[OutboxCommand]) -> None:
+        """Send commands claimed by the transaction that decided them (see
+        ``CheckoutService._queue``), without a claim round trip or a wake-up of the loop."""
+        for command in commands:
+            task = asyncio.create_task(self.dispatch(command), name=f"outbox-{command.id}")
+            self._direct.add(task)
+            task.add_done_callback(self._direct.discard)
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Stop taking hand-offs; let calls already under way finish and be recorded (within
+        ``grace``), then cancel the rest — their leases expire and a claim retries them."""
+        if self.ctx.dispatch_soon == self.dispatch_soon:
+            self.ctx.dispatch_soon = None
+        pending = set(self._direct)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # ---- loop ---------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.ctx.settings.workers
+        # The loop runs here, so commands decided in this process can be handed over directly.
+        self.ctx.dispatch_soon = self.dispatch_soon
         while not stop.is_set():
             # Cleared before the claim, not after: a wake-up for a command committed while the
             # claim ran stays set, so it is not left waiting for the next poll.

@@ -1,0 +1,190 @@
+"""A command decided while this process runs the outbox is claimed in the deciding transaction
+and handed straight to the outbox (no claim round trip, no wait for a loop) — only when nothing
+of the same checkout is still in line before it. And the intake's one-statement inbox insert
+stores exactly what the ORM insert stores, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from sqlalchemy import select
+
+from app import repository as repo
+from app.models import InboxEvent, OutboxCommand
+from app.service import Services
+from app.workers.outbox import OutboxWorker
+from tests.api.support import payment_sent
+from tests.support.stack import Stack, in_process_stack
+
+
+def held_hand_offs(stack: Stack) -> tuple[list[OutboxCommand], OutboxWorker]:
+    """Keep hand-offs instead of sending them, so a test can look at them in between."""
+    services: Services = stack.app.state.services
+    outbox: OutboxWorker = stack.app.state.workers[0]
+    held: list[OutboxCommand] = []
+
+    def hold(commands: Sequence[OutboxCommand]) -> None:
+        held.extend(commands)
+
+    services.ctx.dispatch_soon = hold
+    return held, outbox
+
+
+async def commands_of(stack: Stack, checkout_id: str) -> list[OutboxCommand]:
+    services: Services = stack.app.state.services
+    async with services.ctx.sessions() as session:
+        rows = await session.scalars(
+            select(OutboxCommand)
+            .where(OutboxCommand.checkout_id == checkout_id)
+            .order_by(OutboxCommand.id)
+        )
+        return list(rows)
+
+
+async def test_the_create_payment_is_claimed_when_decided_and_sent_by_the_hand_off(
+    database_url: str,
+) -> None:
+    async with in_process_stack(database_url) as stack:
+        await stack.ensure_webhook()
+        till = await stack.register_till()
+        checkout = await stack.checkout(till, 4200)
+        held, outbox = held_hand_offs(stack)
+        await stack.scan(till)
+        await until(lambda: bool(held))
+        assert [c.kind for c in held] == ["CREATE_PAYMENT"]
+        [row] = await commands_of(stack, checkout["id"])
+        # Claimed as the claim loop would have: in flight, first attempt, leased.
+        assert row.status == "IN_FLIGHT"
+        assert row.attempts == 1
+        assert row.lease_until is not None
+        assert row.lease_until > datetime.now(UTC) + timedelta(seconds=20)
+        # The claim loops run meanwhile, but a leased command is not theirs to take.
+        await asyncio.sleep(1.0)
+        assert (await commands_of(stack, checkout["id"]))[0].status == "IN_FLIGHT"
+        ledger = (await stack.sim.get("/_sim/ledger?operation=createPayment")).json()
+        assert ledger == []
+        outbox.dispatch_soon(held)
+        sent = await payment_sent(stack, till, checkout["id"])
+        assert sent["state"] == "PAYMENT_REQUESTED"
+        [row] = await commands_of(stack, checkout["id"])
+        assert (row.status, row.attempts) == ("DONE", 1)
+
+
+async def test_a_command_behind_an_unfinished_one_waits_its_turn(database_url: str) -> None:
+    async with in_process_stack(database_url) as stack:
+        await stack.ensure_webhook()
+        till = await stack.register_till()
+        checkout = await stack.checkout(till, 10000)
+        await stack.scan(till)
+        await payment_sent(stack, till, checkout["id"])
+        await stack.approve(checkout["reference"])
+        await stack.wait_state(till, checkout["id"], "CAPTURED")
+        held, outbox = held_hand_offs(stack)
+
+        async def refund(amount: int) -> httpx.Response:
+            return await stack.service.post(
+                f"/api/v1/checkouts/{checkout['id']}/refund",
+                json={"amount": amount},
+                headers=stack.till_headers(till),
+            )
+
+        async def rows() -> list[tuple[str, str]]:
+            return [(r.kind, r.status) for r in await commands_of(stack, checkout["id"])]
+
+        # The till's refund call waits a little for the outcome; run both in the background.
+        first = asyncio.create_task(refund(3000))
+        await until(lambda: bool(held))
+        second = asyncio.create_task(refund(2000))
+        await until_async(lambda: _has(rows, ("REFUND", "PENDING")))
+        # Only the first refund was handed off; the second waits behind it, for the claim loop
+        # once the first is done.
+        assert [(c.kind, c.payload["amount"]) for c in held] == [("REFUND", 3000)]
+        assert await rows() == [
+            ("CREATE_PAYMENT", "DONE"),
+            ("CAPTURE", "DONE"),
+            ("REFUND", "IN_FLIGHT"),
+            ("REFUND", "PENDING"),
+        ]
+        outbox.dispatch_soon(held)
+        await asyncio.gather(first, second)
+        done = await stack.wait_for(
+            till, checkout["id"], lambda c: c["refundedAmount"] == 5000, timeout=15
+        )
+        assert done["state"] == "PARTIALLY_REFUNDED"
+        assert len(held) == 1
+        payment = (await stack.sim.get(f"/_sim/payments/{checkout['reference']}")).json()
+        assert payment["aggregate"]["refundedAmount"]["value"] == 5000
+
+
+async def _has(rows: Callable[[], Awaitable[list[tuple[str, str]]]], row: tuple[str, str]) -> bool:
+    return row in await rows()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def until_async(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if await condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_without_an_outbox_in_this_process_commands_wait_for_a_claim(
+    database_url: str,
+) -> None:
+    async with in_process_stack(database_url) as stack:
+        await stack.ensure_webhook()
+        till = await stack.register_till()
+        checkout = await stack.checkout(till, 4200)
+        services: Services = stack.app.state.services
+        # As in the operator CLI: no hand-off. The command is written PENDING (not leased, which
+        # would strand it until the lease ran out) and the claim loop sends it.
+        services.ctx.dispatch_soon = None
+        await stack.scan(till)
+        sent = await payment_sent(stack, till, checkout["id"])
+        assert sent["state"] == "PAYMENT_REQUESTED"
+        [row] = await commands_of(stack, checkout["id"])
+        assert (row.status, row.attempts) == ("DONE", 1)
+
+
+async def test_the_intakes_inbox_insert_matches_the_orm_insert_and_drops_duplicates(
+    database_url: str,
+) -> None:
+    async with in_process_stack(database_url) as stack:
+        services: Services = stack.app.state.services
+        now = datetime.now(UTC).replace(microsecond=0)
+        values = {
+            "dedup_key": "k" * 64,
+            "msn": "123456",
+            "event_type": "epayments.payment.created.v1",
+            "reference": "ref-1",
+            "body": '{"name": "CREATED"}',
+            "body_encrypted": False,
+            "event_time": now - timedelta(seconds=3),
+            "received_at": now,
+            "status": "PENDING",
+            "attempts": 1,
+            "next_attempt_at": now + timedelta(seconds=5),
+            "last_error": None,
+        }
+        async with services.ctx.sessions() as session:
+            first = await repo.store_inbox_event(session, values)
+        async with services.ctx.sessions() as session:
+            again = await repo.store_inbox_event(session, values)
+        assert first is not None
+        assert again is None
+        # Committed on its own: another session sees it, with every column as given.
+        async with services.ctx.sessions() as session:
+            row = await session.get(InboxEvent, first)
+        assert row is not None
+        assert {column: getattr(row, column) for column in values} == values
