@@ -6,8 +6,10 @@ unique key (a duplicate is acknowledged and dropped), commit, wake the inbox wor
 that fails verification writes nothing. A verified delivery we cannot understand is still stored
 (status ``FAILED``) and acknowledged — never dropped.
 
-Processing (:meth:`WebhookIntake.process`) runs in the inbox worker, one event per transaction,
-so one bad event never blocks the others.
+Processing (:meth:`WebhookIntake.process`) runs right after the 2xx on the replica that received
+the event (a few lanes fed by a bounded queue), one event per transaction, so one bad event never
+blocks the others. The inbox worker of any replica takes over what that replica has not
+processed within :data:`INLINE_LEASE` (it died, restarted, or is too far behind).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ log = structlog.get_logger("app.webhooks")
 CHECKED_IN = "user.checked-in.v1"
 # How long the inbox worker leaves a fresh event to the replica that received it.
 INLINE_LEASE = timedelta(seconds=5)
+# Events the receiving replica processes at once. Few on purpose: under a burst the intake (which
+# only verifies and stores) keeps most of the event loop and Vipps gets its 2xx at once; the
+# backlog is worked off right after. Beyond INLINE_BACKLOG queued events, or past the lease,
+# the inbox workers of every replica share the rest.
+INLINE_LANES = 4
+INLINE_BACKLOG = 10_000
 # How long a rotated-out registration's secret still verifies. Vipps retries a failed delivery
 # with the secret it was signed with: about every 2 s four times, then after 60 s and 120 s, then
 # hourly (REFERENCE.md §6.4) — an hour covers every retry of a delivery that was in flight.
@@ -126,7 +134,8 @@ class WebhookIntake:
         self.ctx = ctx
         self.checkouts = checkouts
         self._secrets: dict[str, tuple[float, list[str]]] = {}
-        self._inline: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[int] | None = None  # made on first use, in the running loop
+        self._lanes: list[asyncio.Task[None]] = []
         self._closing = False
         self._reloaded_at: dict[str, float] = {}
         self._reload_locks: dict[str, asyncio.Lock] = {}
@@ -301,14 +310,27 @@ class WebhookIntake:
         return IntakeResult(inbox_id, False, event_type)
 
     def _process_soon(self, inbox_id: int) -> None:
-        """Process the stored event right away, after the 2xx is decided, without holding the
-        response. The inbox row is the durable record: if this process dies first, the inbox
-        worker processes it once the lease has passed."""
+        """Queue the stored event for processing right away, after the 2xx is decided, without
+        holding the response. The inbox row is the durable record: if this process dies first,
+        or the queue is full, the inbox worker processes it once the lease has passed."""
         if self._closing:
-            return  # shutting down: the inbox worker picks it up after the next start
-        task = asyncio.create_task(self._process_inline(inbox_id), name=f"inbox-{inbox_id}")
-        self._inline.add(task)
-        task.add_done_callback(self._inline.discard)
+            return  # shutting down: an inbox worker picks it up after the lease
+        if self._queue is None:
+            self._queue = asyncio.Queue(maxsize=INLINE_BACKLOG)
+            self._lanes = [
+                asyncio.create_task(self._lane(self._queue), name=f"inbox-inline-{n}")
+                for n in range(INLINE_LANES)
+            ]
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(inbox_id)
+
+    async def _lane(self, queue: asyncio.Queue[int]) -> None:
+        while True:
+            inbox_id = await queue.get()
+            try:
+                await self._process_inline(inbox_id)
+            finally:
+                queue.task_done()
 
     async def _process_inline(self, inbox_id: int) -> None:
         try:
@@ -321,16 +343,21 @@ class WebhookIntake:
                 log.exception("inbox.record_failure_failed", inbox_id=inbox_id)
 
     async def aclose(self, grace: float = 5.0) -> None:
-        """Let inline processing finish (each is one short transaction); after ``grace`` seconds
-        cancel the rest — unfinished events stay PENDING for the inbox worker. Cancelling at once
-        would abandon open database connections mid-transaction."""
+        """Let events being processed finish (each is one short transaction); after ``grace``
+        seconds cancel the rest. Queued events not yet started stay PENDING for an inbox
+        worker. Cancelling at once would abandon open database connections mid-transaction."""
         self._closing = True
-        pending = set(self._inline)
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=grace)
-        for task in pending:
+        queue, lanes = self._queue, self._lanes
+        if queue is None:
+            return
+        while not queue.empty():
+            queue.get_nowait()
+            queue.task_done()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(queue.join(), grace)
+        for task in lanes:
             task.cancel()
-        for task in pending:
+        for task in lanes:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
