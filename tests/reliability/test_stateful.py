@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -40,7 +39,14 @@ from tests.reliability.support import (
     scaled,
 )
 from tests.support.databases import truncate_all
-from tests.support.stack import ADMIN_KEY, SERVICE_URL, SIM_URL, service_settings
+from tests.support.stack import (
+    ADMIN_KEY,
+    SERVICE_URL,
+    SIM_URL,
+    Replica,
+    RoundRobin,
+    service_settings,
+)
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(300, 6 * 3600))]
 
@@ -58,20 +64,13 @@ ACTIVE = (
 )
 
 
-class RoundRobin(httpx.AsyncBaseTransport):
-    """Webhook deliveries alternate between the replicas, as behind a load balancer."""
-
-    def __init__(self, apps: list[FastAPI]) -> None:
-        self.transports = [httpx.ASGITransport(app=a) for a in apps]
-        self.turn = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.turn += 1
-        return await self.transports[self.turn % len(self.transports)].handle_async_request(request)
-
-
 class TwoReplicas:
-    """Two service apps on one database and one simulator, each restartable."""
+    """Two service apps on one database and one simulator, each restartable.
+
+    Each app runs as a :class:`Replica`: a restart refuses new requests, lets those inside the
+    app finish and only then shuts its lifespan down, as uvicorn does; webhook deliveries
+    alternate between the replicas and skip one that is restarting (:class:`RoundRobin`).
+    """
 
     def __init__(self, database_url: str) -> None:
         self.settings = service_settings(
@@ -82,16 +81,17 @@ class TwoReplicas:
         )
         self.sim_app = create_simulator_app(SimulatorConfig(strict=True, fault_seed=7))
         self.simulator: Simulator = self.sim_app.state.simulator
-        self.apps = [
-            create_app(self.settings, vipps_transport=httpx.ASGITransport(app=self.sim_app))
-            for _ in range(2)
+        self.replicas = [
+            Replica(
+                create_app(self.settings, vipps_transport=httpx.ASGITransport(app=self.sim_app)),
+                f"replica-{index}",
+            )
+            for index in range(2)
         ]
-        self.simulator.webhooks.set_transport(RoundRobin(self.apps))
-        self.lifespans = [AsyncExitStack() for _ in self.apps]
+        self.simulator.webhooks.set_transport(RoundRobin(self.replicas))
         self.outer = AsyncExitStack()
         self.clients = [
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url=SERVICE_URL)
-            for a in self.apps
+            httpx.AsyncClient(transport=r.transport, base_url=SERVICE_URL) for r in self.replicas
         ]
         self.sim = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.sim_app), base_url=SIM_URL
@@ -100,23 +100,17 @@ class TwoReplicas:
 
     async def start(self) -> None:
         await self.outer.enter_async_context(self.sim_app.router.lifespan_context(self.sim_app))
-        for index in range(len(self.apps)):
-            await self.start_replica(index)
-
-    async def start_replica(self, index: int) -> None:
-        app = self.apps[index]
-        await self.lifespans[index].enter_async_context(app.router.lifespan_context(app))
+        for replica in self.replicas:
+            await replica.start()
 
     async def restart_replica(self, index: int) -> None:
-        await self.lifespans[index].aclose()
-        self.lifespans[index] = AsyncExitStack()
-        await self.start_replica(index)
+        await self.replicas[index].restart()
 
     async def stop(self) -> None:
         for client in [*self.clients, self.sim]:
             await client.aclose()
-        for lifespan in self.lifespans:
-            await lifespan.aclose()
+        for replica in self.replicas:
+            await replica.stop()
         await self.outer.aclose()
         await self.simulator.aclose()
         await self.engine.dispose()

@@ -1,6 +1,8 @@
 """The service wired to the simulator, in-process (ASGI both ways) — fast flow tests.
 
-End-to-end tests over real HTTP use :mod:`tests.support.live` instead.
+End-to-end tests over real HTTP use :mod:`tests.support.live` instead. A service app here runs
+as a :class:`Replica`: its transport behaves like the socket of a real process across a start,
+a stop and a restart.
 """
 
 from __future__ import annotations
@@ -52,6 +54,110 @@ def service_settings(database_url: str, **overrides: Any) -> Settings:
         else:
             base[key] = value
     return Settings.model_validate(base)
+
+
+class ReplicaStopped(httpx.ConnectError):
+    """A request to a replica that is not running: what connecting to a stopped process gives."""
+
+
+class Replica:
+    """One in-process service app, started, stopped and restarted like a process under uvicorn.
+
+    A real process only accepts connections between the end of its lifespan startup and the
+    start of its shutdown, and its server lets the requests it accepted finish before it runs
+    the lifespan shutdown. ``httpx.ASGITransport`` alone does neither: it calls the app whenever
+    asked. A request (a simulator webhook delivery, typically) could then still be running in
+    the app while, or after, the lifespan disposed the database engine; a disposed engine hands
+    such a request a connection from a fresh pool, or takes it back into the pool it just
+    emptied, and nobody closes it (asyncpg's ``ResourceWarning: unclosed connection``: F2 in
+    docs/RELIABILITY.md). So requests go through :attr:`transport`, which refuses them with
+    :class:`ReplicaStopped` unless the replica is running, and :meth:`stop` first stops
+    accepting, then waits for the requests inside the app, then shuts the lifespan down.
+    """
+
+    def __init__(self, app: FastAPI, name: str = "replica") -> None:
+        self.app = app
+        self.name = name
+        self.transport: httpx.AsyncBaseTransport = _ReplicaTransport(self)
+        self._asgi = httpx.ASGITransport(app=app)
+        self._lifespan: AsyncExitStack | None = None
+        self._accepting = False
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._accepting
+
+    @property
+    def inflight(self) -> int:
+        """Requests inside the app right now."""
+        return self._inflight
+
+    async def start(self) -> None:
+        assert self._lifespan is None, f"{self.name} is already running"
+        lifespan = AsyncExitStack()
+        await lifespan.enter_async_context(self.app.router.lifespan_context(self.app))
+        self._lifespan = lifespan
+        self._accepting = True
+
+    async def stop(self) -> None:
+        """Refuse new requests, let those inside the app finish, then run the lifespan shutdown."""
+        self._accepting = False
+        while self._inflight:
+            assert self._idle is not None
+            await self._idle.wait()
+        lifespan, self._lifespan = self._lifespan, None
+        if lifespan is not None:
+            await lifespan.aclose()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if not self._accepting:
+            raise ReplicaStopped(f"{self.name}: connection refused (not running)", request=request)
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            # ASGITransport returns once the app has sent the whole response.
+            return await self._asgi.handle_async_request(request)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+
+class _ReplicaTransport(httpx.AsyncBaseTransport):
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.replica.handle(request)
+
+
+class RoundRobin(httpx.AsyncBaseTransport):
+    """Requests alternate between replicas, as behind a load balancer; one that refuses the
+    connection (stopped) is skipped for the next, like nginx's ``proxy_next_upstream error``."""
+
+    def __init__(self, replicas: list[Replica]) -> None:
+        self.replicas = replicas
+        self.turn = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.turn += 1
+        refused: ReplicaStopped | None = None
+        for step in range(len(self.replicas)):
+            replica = self.replicas[(self.turn + step) % len(self.replicas)]
+            try:
+                return await replica.handle(request)
+            except ReplicaStopped as exc:
+                refused = exc
+        assert refused is not None
+        raise refused
 
 
 @dataclass
@@ -159,13 +265,15 @@ async def in_process_stack(
     sim_app = create_simulator_app(config)
     simulator: Simulator = sim_app.state.simulator
     service_app = create_app(settings, vipps_transport=httpx.ASGITransport(app=sim_app))
-    # Deliveries from the simulator go straight into the service app.
-    simulator.webhooks.set_transport(httpx.ASGITransport(app=service_app))
+    replica = Replica(service_app, "service")
+    # Deliveries from the simulator go straight into the service app (while it runs).
+    simulator.webhooks.set_transport(replica.transport)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(sim_app.router.lifespan_context(sim_app))
-        await stack.enter_async_context(service_app.router.lifespan_context(service_app))
+        await replica.start()
+        stack.push_async_callback(replica.stop)
         service = await stack.enter_async_context(
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=service_app), base_url=SERVICE_URL)
+            httpx.AsyncClient(transport=replica.transport, base_url=SERVICE_URL)
         )
         sim = await stack.enter_async_context(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=sim_app), base_url=SIM_URL)
