@@ -48,7 +48,7 @@ INLINE_LEASE = timedelta(seconds=5)
 # only verifies and stores) keeps most of the event loop and Vipps gets its 2xx at once; the
 # backlog is worked off right after. Beyond INLINE_BACKLOG queued events, or past the lease,
 # the inbox workers of every replica share the rest.
-INLINE_LANES = 4
+INLINE_LANES = 8
 INLINE_BACKLOG = 10_000
 # How long a rotated-out registration's secret still verifies. Vipps retries a failed delivery
 # with the secret it was signed with: about every 2 s four times, then after 60 s and 120 s, then

@@ -380,9 +380,14 @@ class OutboxWorker:
         async with unit_of_work(self.ctx) as work:
             checkout = None
             if command.checkout_id:
-                checkout = await repo.get_checkout(work.session, command.checkout_id)
-                if checkout is not None:
-                    await repo.lock_till(work.session, checkout.till_id)
+                # The command carries its checkout's till: lock it first, then read the
+                # checkout once, as it is under the lock.
+                till_id = command.till_id
+                if till_id is None:  # (the column is nullable) find the till through the checkout
+                    found = await repo.get_checkout(work.session, command.checkout_id)
+                    till_id = found.till_id if found is not None else None
+                if till_id is not None:
+                    await repo.lock_till(work.session, till_id)
                     checkout = await repo.get_checkout(work.session, command.checkout_id)
             row = await repo.get_outbox(work.session, command.id)
             if row is None or row.status in ("DONE", "FAILED", "CANCELLED"):
