@@ -290,9 +290,16 @@ async def store_inbox_event(session: AsyncSession, values: dict[str, Any]) -> in
         # the INSERT commits on its own. Closing the session then rolls back nothing.
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None
-        inserted: int | None = await driver.fetchval(
-            _INSERT_INBOX_PG, *(values[column] for column in _INBOX_COLUMNS)
-        )
+        try:
+            inserted: int | None = await driver.fetchval(
+                _INSERT_INBOX_PG, *(values[column] for column in _INBOX_COLUMNS)
+            )
+        except Exception as exc:
+            # SQLAlchemy did not see this error, so it cannot tell a dead connection (the
+            # database restarted) from a live one: discard the connection rather than return it
+            # to the pool. ON CONFLICT DO NOTHING leaves no other error to expect here.
+            await connection.invalidate(exc)
+            raise
         return inserted
     async with session.begin():
         return await insert_inbox(session, values)

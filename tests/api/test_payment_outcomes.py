@@ -275,3 +275,30 @@ async def test_lost_answers_from_vipps_are_resolved_without_acting_twice(
             # Every attempt reused the first one's key; exactly one took effect.
             assert len({c["idempotencyKey"] for c in made}) == 1
             assert sum(1 for c in made if c["effect"] and not c["replay"]) == 1
+
+
+async def test_a_lost_capture_answer_is_resent_with_the_same_key_while_vipps_cannot_be_asked(
+    database_url: str,
+) -> None:
+    """After an unknown outcome the outbox asks Vipps first; when that GET fails too, it sends
+    the capture again with the same Idempotency-Key (Vipps answers with the original outcome)
+    instead of waiting for a GET to get through."""
+    async with checked_stack(database_url, workers=NO_EARLY_POLL) as stack:
+        await stack.ensure_webhook()
+        till, checkout = await sale(stack, 5200)
+        rules = [
+            {"kind": "drop_response", "operation": "capturePayment", "times": 1},
+            {"kind": "error", "status": 503, "operation": "getPayment"},
+        ]
+        for rule in rules:
+            assert (await stack.sim.post("/_sim/faults", json=rule)).status_code == 201
+        await stack.approve(checkout["reference"])
+        done = await stack.wait_state(till, checkout["id"], "CAPTURED", timeout=15)
+        assert done["capturedAmount"] == 5200
+        captures = await ledger(stack, reference=checkout["reference"], operation="capturePayment")
+        assert captures[0]["responseDropped"] is True
+        assert len(captures) >= 2
+        assert len({c["idempotencyKey"] for c in captures}) == 1
+        assert sum(1 for c in captures if c["effect"] and not c["replay"]) == 1
+        payment = (await stack.sim.get(f"/_sim/payments/{checkout['reference']}")).json()
+        assert payment["aggregate"]["capturedAmount"]["value"] == 5200

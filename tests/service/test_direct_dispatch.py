@@ -8,13 +8,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import asyncpg
 import httpx
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
 from app import repository as repo
+from app.db import create_engine, create_session_factory
 from app.models import InboxEvent, OutboxCommand
 from app.service import Services
+from app.settings import DatabaseSettings
 from app.workers.outbox import OutboxWorker
 from tests.api.support import payment_sent
 from tests.support.stack import Stack, in_process_stack
@@ -188,3 +193,46 @@ async def test_the_intakes_inbox_insert_matches_the_orm_insert_and_drops_duplica
             row = await session.get(InboxEvent, first)
         assert row is not None
         assert {column: getattr(row, column) for column in values} == values
+
+
+async def test_a_dead_connection_under_the_inbox_insert_is_discarded_not_pooled(
+    pg_url: str,
+) -> None:
+    """The raw insert bypasses SQLAlchemy's error handling, so it must discard a connection the
+    database dropped (a restart): the next webhook then gets a fresh one instead of the corpse."""
+    engine = create_engine(DatabaseSettings(url=pg_url))
+    sessions = create_session_factory(engine)
+    now = datetime.now(UTC)
+
+    def event(n: int) -> dict[str, Any]:
+        return {
+            "dedup_key": f"dead-connection-{n}".ljust(64, "x"),
+            "msn": "123456",
+            "event_type": "user.checked-in.v1",
+            "reference": None,
+            "body": "{}",
+            "body_encrypted": False,
+            "event_time": None,
+            "received_at": now,
+            "status": "PENDING",
+            "attempts": 1,
+            "next_attempt_at": now,
+            "last_error": None,
+        }
+
+    try:
+        async with sessions() as session:
+            assert await repo.store_inbox_event(session, event(1)) is not None
+            backend = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        admin = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", backend)
+        finally:
+            await admin.close()
+        with pytest.raises((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+            async with sessions() as session:
+                await repo.store_inbox_event(session, event(2))
+        async with sessions() as session:
+            assert await repo.store_inbox_event(session, event(3)) is not None
+    finally:
+        await engine.dispose()
