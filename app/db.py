@@ -83,7 +83,9 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         # connection that died since (database restart) fails its first statement with a
         # disconnect error; SQLAlchemy then invalidates the whole pool, so only that one unit of
         # work fails (a webhook answered 5xx is retried by Vipps) and the next gets a fresh
-        # connection. pool_recycle retires connections before server or proxy idle timeouts.
+        # connection. (The intake's raw inbox insert, which SQLAlchemy does not see, discards
+        # only its own dead connection: each stale pooled connection fails at most one webhook.)
+        # pool_recycle retires connections before server or proxy idle timeouts.
         "pool_pre_ping": False,
         "pool_recycle": 1800,
     }

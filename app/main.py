@@ -113,9 +113,10 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await services.intake.aclose()  # may still hand commands to the outbox
-            await outbox.aclose()
+            # Everything that may still hand commands to the outbox stops first.
+            await services.intake.aclose()
             await club.aclose()
+            await outbox.aclose()
             await hub.stop()
             await http.aclose()
             await engine.dispose()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -286,20 +287,28 @@ async def store_inbox_event(session: AsyncSession, values: dict[str, Any]) -> in
     """
     if _is_postgres(session):
         connection = await session.connection()
-        # No SQLAlchemy statement ran on it, so the driver connection is outside a transaction:
-        # the INSERT commits on its own. Closing the session then rolls back nothing.
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None
-        try:
-            inserted: int | None = await driver.fetchval(
-                _INSERT_INBOX_PG, *(values[column] for column in _INBOX_COLUMNS)
-            )
-        except Exception as exc:
-            # SQLAlchemy did not see this error, so it cannot tell a dead connection (the
-            # database restarted) from a live one: discard the connection rather than return it
-            # to the pool. ON CONFLICT DO NOTHING leaves no other error to expect here.
-            await connection.invalidate(exc)
-            raise
+        # Only outside a transaction does the INSERT commit on its own. A session that already
+        # ran a statement has one open (the asyncpg adapter begins lazily), and closing the
+        # session would silently roll the event back after we answered 2xx: use the ORM then.
+        if not driver.is_in_transaction():
+            try:
+                inserted: int | None = await driver.fetchval(
+                    _INSERT_INBOX_PG, *(values[column] for column in _INBOX_COLUMNS)
+                )
+            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+                # SQLAlchemy did not see this error, so it cannot tell that the connection is
+                # dead (the database restarted): discard it rather than return it to the pool.
+                await connection.invalidate(exc)
+                raise
+            except asyncpg.PostgresError as exc:
+                if driver.is_closed():  # e.g. terminated by the server (admin shutdown)
+                    await connection.invalidate(exc)
+                raise
+            return inserted
+        inserted = await insert_inbox(session, values)
+        await session.commit()
         return inserted
     async with session.begin():
         return await insert_inbox(session, values)

@@ -2,7 +2,8 @@
 
 Intake (:meth:`WebhookIntake.receive`) is deliberately small so Vipps gets its 2xx fast:
 verify the HMAC on the raw body against the MSN's stored secrets, insert into the inbox with a
-unique key (a duplicate is acknowledged and dropped), commit, wake the inbox worker. A delivery
+unique key (a duplicate is acknowledged and dropped) in one committed statement, queue it for
+processing. A delivery
 that fails verification writes nothing. A verified delivery we cannot understand is still stored
 (status ``FAILED``) and acknowledged — never dropped.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import itertools
 import json
@@ -134,7 +136,8 @@ class WebhookIntake:
         self.ctx = ctx
         self.checkouts = checkouts
         self._secrets: dict[str, tuple[float, list[str]]] = {}
-        self._queue: asyncio.Queue[int] | None = None  # made on first use, in the running loop
+        # (inbox id, context of the request that stored it); made on first use, in the loop
+        self._queue: asyncio.Queue[tuple[int, contextvars.Context]] | None = None
         self._lanes: list[asyncio.Task[None]] = []
         self._closing = False
         self._reloaded_at: dict[str, float] = {}
@@ -317,18 +320,26 @@ class WebhookIntake:
             return  # shutting down: an inbox worker picks it up after the lease
         if self._queue is None:
             self._queue = asyncio.Queue(maxsize=INLINE_BACKLOG)
+            # A lane belongs to no request: it must not keep the context (request id, audit
+            # endpoint) of the request that happened to start it.
             self._lanes = [
-                asyncio.create_task(self._lane(self._queue), name=f"inbox-inline-{n}")
+                asyncio.create_task(
+                    self._lane(self._queue),
+                    name=f"inbox-inline-{n}",
+                    context=contextvars.Context(),
+                )
                 for n in range(INLINE_LANES)
             ]
         with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(inbox_id)
+            self._queue.put_nowait((inbox_id, contextvars.copy_context()))
 
-    async def _lane(self, queue: asyncio.Queue[int]) -> None:
+    async def _lane(self, queue: asyncio.Queue[tuple[int, contextvars.Context]]) -> None:
         while True:
-            inbox_id = await queue.get()
+            inbox_id, context = await queue.get()
             try:
-                await self._process_inline(inbox_id)
+                # Each event runs in the context of the request that stored it, so its log lines
+                # and audit entries name that request. Cancelling the lane cancels this too.
+                await asyncio.create_task(self._process_inline(inbox_id), context=context)
             finally:
                 queue.task_done()
 

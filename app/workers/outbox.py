@@ -6,7 +6,9 @@ Invariants:
   lease expires, and the retry sends the **same** ``Idempotency-Key`` and body, so Vipps returns
   the original outcome instead of acting twice.
 * When an attempt's outcome is unknown (timeout after sending, connection dropped), the next
-  attempt asks Vipps first (GET the payment) and only re-sends if the effect is not there.
+  attempt asks Vipps first (GET the payment) and only re-sends if the effect is not there. A
+  capture or refund whose GET fails is re-sent with the same key and body, which Vipps answers
+  with the original outcome (REFERENCE.md §7.10).
 * Commands of one checkout run in order (see :func:`repository.claim_outbox`).
 * At most 5 mutating calls per minute per payment reference (Vipps's limit, REFERENCE.md §7.11):
   each call's time is recorded on the checkout, and a command that would exceed it waits.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -120,25 +123,48 @@ class OutboxWorker:
         self._calls: dict[str, deque[float]] = {}
         self._inflight: set[int] = set()
         self._direct: set[asyncio.Task[None]] = set()
+        # As many hand-offs at once as the claim loops could have in flight.
+        settings = ctx.settings.workers
+        self._direct_room = asyncio.Semaphore(
+            settings.outbox_concurrency * settings.outbox_batch_size
+        )
 
     # ---- direct hand-off ----------------------------------------------------------------------
 
     def dispatch_soon(self, commands: Sequence[OutboxCommand]) -> None:
         """Send commands claimed by the transaction that decided them (see
-        ``CheckoutService._queue``), without a claim round trip or a wake-up of the loop."""
+        ``CheckoutService._queue``), without a claim round trip or a wake-up of the loop. Each
+        runs in a fresh context, as the claim loops' dispatches do: recording its result is not
+        part of the request that decided it (audit entries would otherwise name that request)."""
         for command in commands:
-            task = asyncio.create_task(self.dispatch(command), name=f"outbox-{command.id}")
+            task = asyncio.create_task(
+                self._dispatch_handed_off(command),
+                name=f"outbox-{command.id}",
+                context=contextvars.Context(),
+            )
             self._direct.add(task)
             task.add_done_callback(self._direct.discard)
 
+    async def _dispatch_handed_off(self, command: OutboxCommand) -> None:
+        async with self._direct_room:
+            await self.dispatch(command)
+
     async def aclose(self, grace: float = 5.0) -> None:
-        """Stop taking hand-offs; let calls already under way finish and be recorded (within
-        ``grace``), then cancel the rest — their leases expire and a claim retries them."""
+        """Let hand-offs under way finish and be recorded — including commands they decide in
+        turn (a finished token exchange queues the create-payment), which are still handed off —
+        for up to ``grace`` seconds; then stop taking hand-offs and cancel the rest. A cancelled
+        or never-sent command is ``IN_FLIGHT`` with a lease: a claim loop retries it after the
+        lease with the same key."""
+        deadline = asyncio.get_running_loop().time() + grace
+        pending = set(self._direct)
+        while pending:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
+            pending = set(self._direct)
         if self.ctx.dispatch_soon == self.dispatch_soon:
             self.ctx.dispatch_soon = None
-        pending = set(self._direct)
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=grace)
         for task in pending:
             task.cancel()
         for task in pending:

@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 
 from app import repository as repo
 from app.db import create_engine, create_session_factory
-from app.models import InboxEvent, OutboxCommand
+from app.models import AuditEntry, InboxEvent, OutboxCommand
 from app.service import Services
 from app.settings import DatabaseSettings
 from app.workers.outbox import OutboxWorker
@@ -236,3 +236,35 @@ async def test_a_dead_connection_under_the_inbox_insert_is_discarded_not_pooled(
             assert await repo.store_inbox_event(session, event(3)) is not None
     finally:
         await engine.dispose()
+
+
+async def test_audit_entries_name_the_request_that_caused_them_not_the_first_one(
+    database_url: str,
+) -> None:
+    """Processing lanes are long-lived tasks, and hand-offs are tasks too: each event must be
+    processed in the context of the request that stored it, and a hand-off's recording belongs
+    to no request (as when a claim loop dispatches), or the hash-chained audit log would name
+    the wrong endpoint for good."""
+    async with in_process_stack(database_url) as stack:
+        tills = {}
+        currencies = {"123456": "NOK", "654321": "DKK"}  # the simulator's two sales units
+        for msn, name in (("123456", "till-a"), ("654321", "till-b")):
+            await stack.ensure_webhook(msn)
+            tills[msn] = await stack.register_till(name, msn=msn)
+        checkouts = {}
+        for msn, till in tills.items():  # the first scan starts the lanes
+            checkouts[msn] = await stack.checkout(till, 1500, currency=currencies[msn])
+            await stack.scan(till)
+            await payment_sent(stack, till, checkouts[msn]["id"])
+        services: Services = stack.app.state.services
+        async with services.ctx.sessions() as session:
+            entries = list(
+                await session.scalars(
+                    select(AuditEntry).where(AuditEntry.checkout_id == checkouts["654321"]["id"])
+                )
+            )
+        by_action = {(e.actor, e.action): e.detail for e in entries}
+        scanned = by_action[("vipps:user.checked-in", "customer_scanned")]
+        assert scanned.get("endpoint") == "POST /webhooks/vipps/654321"
+        recorded = by_action[("outbox:create_payment", "payment_created")]
+        assert "endpoint" not in recorded
