@@ -242,6 +242,8 @@ class OutboxWorker:
                 status=result.status,
                 seconds=round(time.monotonic() - started, 4),
             )
+            if stamp is not None:
+                stamp = self._stamp_call_end(command, stamp)
             crash_point("outbox.after_call", command.kind)
             await self._record(command, result, call_stamp=stamp)
         except Exception:
@@ -278,6 +280,22 @@ class OutboxWorker:
             return recent[-RATE_LIMIT_CALLS] + RATE_LIMIT_WINDOW - now + 0.05, None
         local.append(now)
         return 0.0, now
+
+    def _stamp_call_end(self, command: OutboxCommand, sent: float) -> float:
+        """Re-stamp a mutating call with the time its attempt ended.
+
+        Vipps counts a call when it arrives, which is anywhere between our send and its answer —
+        an attempt may first spend up to a read timeout asking for the payment. The limit check
+        runs at the next send, so stamping the *end* of each attempt keeps Vipps's own one-minute
+        window at 5 calls or fewer (a stamp taken before the attempt let a 6th call arrive 59 s
+        after the first: the provider-faults soak, docs/RELIABILITY.md F7).
+        """
+        ended = time.time()
+        local = self._calls.get(f"{command.msn}:{command.reference}")
+        if local is not None and sent in local:
+            local.remove(sent)
+            local.append(ended)
+        return ended
 
     async def _perform(self, command: OutboxCommand, checkout: Checkout | None) -> Result:
         kind = CommandKind(command.kind)

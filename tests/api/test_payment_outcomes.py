@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.api.support import assert_problem, checked_stack, effective_calls, ledger, payment_sent
+from app.models import Checkout
+from tests.api.support import (
+    assert_problem,
+    checked_stack,
+    effective_calls,
+    ledger,
+    payment_sent,
+    sessions,
+)
 from tests.support.stack import Stack
 
 # The reconciler stays out of the way where a test orders events by hand (webhooks paused).
@@ -302,3 +310,38 @@ async def test_a_lost_capture_answer_is_resent_with_the_same_key_while_vipps_can
         assert sum(1 for c in captures if c["effect"] and not c["replay"]) == 1
         payment = (await stack.sim.get(f"/_sim/payments/{checkout['reference']}")).json()
         assert payment["aggregate"]["capturedAmount"]["value"] == 5200
+
+
+async def test_each_mutating_call_is_stamped_no_earlier_than_vipps_received_it(
+    database_url: str,
+) -> None:
+    """The 5-per-minute limit is Vipps's, counted when calls arrive. An attempt after a lost
+    answer first asks for the payment (slow here), so its capture arrives well after the attempt
+    began: the stamp the limit counts must not be earlier than that arrival."""
+    async with checked_stack(database_url, workers=NO_EARLY_POLL) as stack:
+        await stack.ensure_webhook()
+        till, checkout = await sale(stack, 3100)
+        rules = [
+            {"kind": "drop_response", "operation": "capturePayment", "times": 1},
+            # Asking for the payment is slow and then fails: the capture is re-sent after it.
+            {"kind": "latency", "latencyMs": 700, "operation": "getPayment"},
+            {"kind": "error", "status": 503, "operation": "getPayment"},
+        ]
+        for rule in rules:
+            assert (await stack.sim.post("/_sim/faults", json=rule)).status_code == 201
+        await stack.approve(checkout["reference"])
+        await stack.wait_state(till, checkout["id"], "CAPTURED", timeout=15)
+        captures = await ledger(stack, reference=checkout["reference"], operation="capturePayment")
+        assert len(captures) == 2
+        async with sessions(stack)() as session:
+            row = await session.get(Checkout, checkout["id"])
+            assert row is not None
+            stamps = sorted(row.mutating_calls or [])
+        # createPayment, the dropped capture, the re-sent capture: one stamp each, and each
+        # stamp no earlier than Vipps's receipt of its call.
+        calls = await ledger(stack, reference=checkout["reference"])
+        moves = ("createPayment", "capturePayment")
+        arrivals = sorted(c["receivedAtEpoch"] for c in calls if c["operation"] in moves)
+        assert len(stamps) == len(arrivals) == 3
+        for stamp, arrived in zip(stamps, arrivals, strict=True):
+            assert stamp >= arrived
