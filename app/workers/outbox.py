@@ -7,8 +7,8 @@ Invariants:
   the original outcome instead of acting twice.
 * When an attempt's outcome is unknown (timeout after sending, connection dropped), the next
   attempt asks Vipps first (GET the payment) and only re-sends if the effect is not there. A
-  capture or refund whose GET fails is re-sent with the same key and body, which Vipps answers
-  with the original outcome (REFERENCE.md §7.10).
+  create, capture or refund whose GET fails is re-sent with the same key and body, which Vipps
+  answers with the original outcome (REFERENCE.md §7.10).
 * Commands of one checkout run in order (see :func:`repository.claim_outbox`).
 * At most 5 mutating calls per minute per payment reference (Vipps's limit, REFERENCE.md §7.11):
   each call's time is recorded on the checkout, and a command that would exceed it waits.
@@ -39,6 +39,7 @@ from app.service.sync import event_from_details, totals, with_totals
 from app.vipps.client import VippsClient
 from app.vipps.errors import (
     VippsAuthError,
+    VippsConflict,
     VippsError,
     VippsNotFound,
     VippsOutcomeUnknown,
@@ -328,8 +329,13 @@ class OutboxWorker:
 
     async def _create(self, command: OutboxCommand, checkout: Checkout) -> Result:
         if command.outcome_unknown:
-            # Did the earlier attempt create it? Ask before sending again.
-            details = await self._payment(command)
+            # Did the earlier attempt create it? Ask before sending again. If Vipps cannot be
+            # asked, send again with the same key and body: Vipps answers with the original
+            # outcome (REFERENCE.md §7.10), and a conflict is not taken as a refusal (below).
+            try:
+                details = await self._payment(command)
+            except VippsUnavailable:
+                details = None
             if details is not None:
                 return Result(
                     "DONE", event=event_from_details(details) or Event(EventKind.PAYMENT_CREATED)
@@ -349,6 +355,10 @@ class OutboxWorker:
         try:
             await self.vipps.create_payment(command.msn, request, command.idempotency_key)
         except VippsRejected as exc:
+            if command.outcome_unknown and isinstance(exc, VippsConflict):
+                # "Reference already exists" after an attempt whose outcome we never learned:
+                # that attempt created it. Not a refusal — find out with a GET next attempt.
+                return self._retry(command, exc, unknown=True)
             event = Event(EventKind.PAYMENT_CREATE_REFUSED, reason=_reason(exc))
             return Result(
                 "FAILED", event=event, error=_reason(exc), failure_code=exc.error_code or "rejected"

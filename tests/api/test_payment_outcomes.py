@@ -345,3 +345,24 @@ async def test_each_mutating_call_is_stamped_no_earlier_than_vipps_received_it(
         assert len(stamps) == len(arrivals) == 3
         for stamp, arrived in zip(stamps, arrivals, strict=True):
             assert stamp >= arrived
+
+
+async def test_a_lost_create_answer_is_resent_with_the_same_key_while_vipps_cannot_be_asked(
+    database_url: str,
+) -> None:
+    """The same for the payment request: its answer lost, every GET failing — the create is sent
+    again with the same key and the push reaches the customer once."""
+    async with checked_stack(database_url, workers=NO_EARLY_POLL) as stack:
+        await stack.ensure_webhook()
+        rules = [
+            {"kind": "drop_response", "operation": "createPayment", "times": 1},
+            {"kind": "error", "status": 503, "operation": "getPayment"},
+        ]
+        for rule in rules:
+            assert (await stack.sim.post("/_sim/faults", json=rule)).status_code == 201
+        _till, checkout = await sale(stack, 2700)
+        assert checkout["state"] == "PAYMENT_REQUESTED"
+        creates = await ledger(stack, reference=checkout["reference"], operation="createPayment")
+        assert creates[0]["responseDropped"] is True
+        assert len({c["idempotencyKey"] for c in creates}) == 1
+        assert sum(1 for c in creates if c["effect"] and not c["replay"]) == 1
