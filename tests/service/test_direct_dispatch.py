@@ -6,6 +6,7 @@ stores exactly what the ORM insert stores, on both databases."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -103,7 +104,11 @@ async def test_a_command_behind_an_unfinished_one_waits_its_turn(database_url: s
         first = asyncio.create_task(refund(3000))
         await until(lambda: bool(held))
         second = asyncio.create_task(refund(2000))
-        await until_async(lambda: _has(rows, ("REFUND", "PENDING")))
+
+        async def refund_waits_in_line() -> bool:
+            return ("REFUND", "PENDING") in await rows()
+
+        await until(refund_waits_in_line)
         # Only the first refund was handed off; the second waits behind it, for the claim loop
         # once the first is done.
         assert [(c.kind, c.payload["amount"]) for c in held] == [("REFUND", 3000)]
@@ -124,21 +129,11 @@ async def test_a_command_behind_an_unfinished_one_waits_its_turn(database_url: s
         assert payment["aggregate"]["refundedAmount"]["value"] == 5000
 
 
-async def _has(rows: Callable[[], Awaitable[list[tuple[str, str]]]], row: tuple[str, str]) -> bool:
-    return row in await rows()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Poll ``condition`` (plain or async) every 50 ms until it holds."""
     for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-async def until_async(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if await condition():
+        outcome = condition()
+        if await outcome if inspect.isawaitable(outcome) else outcome:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
