@@ -25,6 +25,7 @@ from app.loyalty.service import ClubService
 from app.notifications import ChangeHub
 from app.observability.logging import configure_logging
 from app.observability.metrics import Metrics
+from app.persistence import open_store
 from app.service import Services
 from app.service.bootstrap import vipps_clients, vipps_http_client
 from app.service.context import ServiceContext
@@ -57,9 +58,11 @@ def create_app(
         http = vipps_http_client(settings, vipps_transport)
         vipps, outbox_vipps = vipps_clients(settings, http, metrics)
         hub = ChangeHub()
+        store = await open_store(settings.database, engine, origin=hub.origin)
         ctx = ServiceContext(
             settings=settings,
             sessions=create_session_factory(engine),
+            store=store,
             vipps=vipps,
             secrets=SecretBox(settings.security.encryption_key),
             hub=hub,
@@ -72,6 +75,7 @@ def create_app(
             build_directory(settings.club, ctx.sessions, ctx.secrets),
         )
         app.state.services = services
+        app.state.statements = store.counter
         app.state.club = club
         app.state.settings = settings
         app.state.metrics = metrics
@@ -118,6 +122,7 @@ def create_app(
             await club.aclose()
             await outbox.aclose()
             await hub.stop()
+            await store.close()
             await http.aclose()
             await engine.dispose()
             log.info("service.stopped")
@@ -147,3 +152,8 @@ def create_app(
     app.include_router(club.router)
     app.include_router(reports.router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``vipps-pos serve --workers N`` process: settings from the environment."""
+    return create_app(Settings())

@@ -13,12 +13,14 @@ No business decisions here. Invariants the schema itself enforces:
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -32,6 +34,16 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime
+from app.domain.state_machine import CapturePolicy, CheckoutState, CommandKind
+from app.domain.statuses import (
+    CheckInStatus,
+    ClubPolicy,
+    InboxStatus,
+    OutboxStatus,
+    QrStatus,
+    RegistrationStatus,
+    TillStatus,
+)
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite has no BIGINT autoincrement; INTEGER PRIMARY KEY is its 64-bit rowid.
@@ -54,13 +66,27 @@ def _ts(nullable: bool = False) -> Mapped[Any]:
     return mapped_column(UTCDateTime(), nullable=nullable)
 
 
+def _status(enum: type[StrEnum], length: int) -> Enum:
+    """A typed status column stored as its plain string value (VARCHAR, no database enum type:
+    adding a status needs no migration, and raw SQL on the hot paths compares plain text)."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
 class Store(Base):
     __tablename__ = "stores"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    # off | lookup | enroll (customer-club policy at the till)
-    club_policy: Mapped[str] = mapped_column(String(16), server_default="off")
+    club_policy: Mapped[ClubPolicy] = mapped_column(
+        _status(ClubPolicy, 16), server_default=ClubPolicy.OFF.value
+    )
     member_price_hold: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     member_price_hold_seconds: Mapped[int] = mapped_column(Integer, server_default="20")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
@@ -77,15 +103,26 @@ class Till(Base):
     location_description: Mapped[str] = mapped_column(String(36))
     api_key_id: Mapped[str] = mapped_column(String(32), unique=True)
     api_key_hash: Mapped[str] = mapped_column(String(64))
-    # ACTIVE | INACTIVE
-    status: Mapped[str] = mapped_column(String(16), server_default="ACTIVE")
-    # PENDING | SYNCED | FAILED: whether Vipps knows this QR as we do
-    qr_status: Mapped[str] = mapped_column(String(16), server_default="PENDING")
+    status: Mapped[TillStatus] = mapped_column(
+        _status(TillStatus, 16), server_default=TillStatus.ACTIVE.value
+    )
+    qr_status: Mapped[QrStatus] = mapped_column(
+        _status(QrStatus, 16), server_default=QrStatus.PENDING.value
+    )
     qr_content: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     # Bumped on every change of the till's checkouts; SSE consumers resume from it.
     version: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The till's serialization point. Every write that a checkout decision depends on (the
+    # till's checkouts, their outbox commands, its check-ins) bumps ``revision`` in the same
+    # transaction, under the till row's lock; a decision is saved only if ``revision`` is still
+    # the one it was made from (persistence.checkouts, optimistic save).
+    revision: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Head of the till's audit chain (see AuditEntry): read with the till, so appending an
+    # entry needs no read of the log.
+    audit_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    audit_head: Mapped[str] = mapped_column(String(64), server_default="0" * 64)
 
 
 class Checkout(Base):
@@ -108,14 +145,14 @@ class Checkout(Base):
     till_id: Mapped[str] = mapped_column(ForeignKey("tills.id"))
     store_id: Mapped[str] = mapped_column(String(64))
     msn: Mapped[str] = mapped_column(String(6))
-    state: Mapped[str] = mapped_column(String(24))
+    state: Mapped[CheckoutState] = mapped_column(_status(CheckoutState, 24))
     amount_value: Mapped[int] = mapped_column(BigInteger)
     original_amount_value: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     receipt: Mapped[dict[str, Any]] = mapped_column(JsonType)
     warnings: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
     description: Mapped[str] = mapped_column(String(100))
-    capture_mode: Mapped[str] = mapped_column(String(8))  # AUTO | MANUAL
+    capture_mode: Mapped[CapturePolicy] = mapped_column(_status(CapturePolicy, 8))
     reference: Mapped[str] = mapped_column(String(50))
     create_key: Mapped[str | None] = mapped_column(String(200))
     create_request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -127,7 +164,8 @@ class Checkout(Base):
     captured_value: Mapped[int] = mapped_column(BigInteger, server_default="0")
     refunded_value: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cancelled_value: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    # Requested but not yet confirmed by Vipps; guards against over-capture/over-refund.
+    # What the outbox has on its way to Vipps (captures / refunds decided, not yet answered): a
+    # cache for readers. Decisions derive it from the unfinished outbox commands instead.
     capture_pending_value: Mapped[int] = mapped_column(BigInteger, server_default="0")
     refund_pending_value: Mapped[int] = mapped_column(BigInteger, server_default="0")
     failure_code: Mapped[str | None] = mapped_column(String(64))
@@ -136,7 +174,6 @@ class Checkout(Base):
     member_id: Mapped[str | None] = mapped_column(String(36))
     club_outcome: Mapped[str | None] = mapped_column(String(32))
     club_note: Mapped[str | None] = mapped_column(Text)
-    phone_enc: Mapped[str | None] = mapped_column(Text)
     ciba_auth_req_id: Mapped[str | None] = mapped_column(String(200))
     pos_update_deadline: Mapped[datetime | None] = _ts(nullable=True)
     # Timeline
@@ -150,7 +187,8 @@ class Checkout(Base):
     # Reconciler: when to ask Vipps next, how often it has.
     next_poll_at: Mapped[datetime | None] = _ts(nullable=True)
     poll_count: Mapped[int] = mapped_column(Integer, server_default="0")
-    # Epoch seconds of recent mutating calls for this reference (Vipps: 5 per minute).
+    # Epoch seconds at which recent mutating calls for this reference ended (Vipps: 5 per
+    # minute); the outbox's rate limit.
     mutating_calls: Mapped[list[float]] = mapped_column(JsonType, default=list)
     version: Mapped[int] = mapped_column(Integer, server_default="1")
 
@@ -168,8 +206,7 @@ class CheckIn(Base):
     customer_token_enc: Mapped[str] = mapped_column(Text)
     initiated_at: Mapped[datetime] = _ts()
     expires_at: Mapped[datetime] = _ts()
-    # WAITING | USED | SUPERSEDED | EXPIRED | IGNORED_BUSY | IGNORED_INACTIVE_TILL
-    status: Mapped[str] = mapped_column(String(24))
+    status: Mapped[CheckInStatus] = mapped_column(_status(CheckInStatus, 24))
     checkout_id: Mapped[str | None] = mapped_column(String(36))
     inbox_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _ts()
@@ -193,8 +230,7 @@ class InboxEvent(Base):
     body_encrypted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     event_time: Mapped[datetime | None] = _ts(nullable=True)
     received_at: Mapped[datetime] = _ts()
-    # PENDING | PROCESSED | UNMATCHED | FAILED
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[InboxStatus] = mapped_column(_status(InboxStatus, 16))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     next_attempt_at: Mapped[datetime] = _ts()
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -213,19 +249,19 @@ class OutboxCommand(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_outbox_status_lease_until", "status", "lease_until"),
         Index("ix_outbox_checkout_id_status", "checkout_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     checkout_id: Mapped[str | None] = mapped_column(String(36))
     till_id: Mapped[str | None] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[CommandKind] = mapped_column(_status(CommandKind, 32))
     msn: Mapped[str] = mapped_column(String(6))
     reference: Mapped[str | None] = mapped_column(String(50))
     idempotency_key: Mapped[str] = mapped_column(String(50), unique=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
-    # PENDING | IN_FLIGHT | DONE | FAILED | CANCELLED
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[OutboxStatus] = mapped_column(_status(OutboxStatus, 16))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     next_attempt_at: Mapped[datetime] = _ts()
     lease_until: Mapped[datetime | None] = _ts(nullable=True)
@@ -246,8 +282,7 @@ class WebhookRegistration(Base):
     url: Mapped[str] = mapped_column(Text)
     events: Mapped[list[str]] = mapped_column(JsonType)
     secret_enc: Mapped[str] = mapped_column(Text)
-    # ACTIVE | RETIRING (deleted at Vipps; its secret still verifies for a grace period)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[RegistrationStatus] = mapped_column(_status(RegistrationStatus, 16))
     created_at: Mapped[datetime] = _ts()
     retired_at: Mapped[datetime | None] = _ts(nullable=True)
 

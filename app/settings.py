@@ -47,8 +47,12 @@ class DatabaseSettings(BaseModel):
         description="SQLAlchemy async URL. SQLite for one instance; Postgres "
         "(postgresql+asyncpg://...) for several replicas.",
     )
-    pool_size: int = Field(default=10, ge=1, le=200)
-    max_overflow: int = Field(default=10, ge=0, le=200)
+    # The ORM's pool serves the operator paths; the hot paths have their own pool of raw
+    # connections (Postgres only). Per process: pool_size + max_overflow + hot_pool_size + 1
+    # (the LISTEN connection) at most.
+    pool_size: int = Field(default=5, ge=1, le=200)
+    max_overflow: int = Field(default=5, ge=0, le=200)
+    hot_pool_size: int = Field(default=10, ge=1, le=200)
     echo: bool = False
 
     @property
@@ -134,6 +138,12 @@ class SecuritySettings(BaseModel):
         default=SecretStr(DEV_ADMIN_KEY), description="Credential for the admin API."
     )
     till_rate_limit_per_minute: int = Field(default=600, ge=1)
+    till_auth_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a till's API key is trusted without asking the database. A key "
+        "rotation or deactivation reaches every replica at once regardless.",
+    )
 
 
 class CheckoutSettings(BaseModel):

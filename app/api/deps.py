@@ -87,13 +87,13 @@ async def authenticate(
     if hmac.compare_digest(key.encode(), admin_key.encode()):
         return Principal(None, "admin", True)
     key_id = api_key_id(key)
-    till = await services.tills.find_by_key_id(key_id) if key_id else None
-    if till is None or not api_key_matches(key, till.api_key_hash):
+    till = await services.tills.credential(key_id) if key_id else None
+    if till is None or not api_key_matches(key, till.key_hash):
         raise ApiProblem(401, "unauthorized", "unknown or revoked API key", headers=_UNAUTHORIZED)
     limiter: _TillRateLimiter = request.app.state.__dict__.setdefault(
         "till_rate_limiter", _TillRateLimiter()
     )
-    wait = limiter.take(till.id, services.ctx.settings.security.till_rate_limit_per_minute)
+    wait = limiter.take(till.till_id, services.ctx.settings.security.till_rate_limit_per_minute)
     if wait > 0:
         raise ApiProblem(
             429,
@@ -101,7 +101,7 @@ async def authenticate(
             "too many requests from this till",
             headers={"Retry-After": str(max(1, int(wait + 0.999)))},
         )
-    return Principal(till.id, till.api_key_id, False)
+    return Principal(till.till_id, till.key_id, False)
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

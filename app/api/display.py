@@ -50,7 +50,7 @@ from app.api.deps import (
 from app.api.schemas import ApiModel, Money
 from app.domain.state_machine import CheckoutState
 from app.errors import PROBLEM_JSON, ApiProblem
-from app.models import Checkout
+from app.persistence.records import CheckoutRecord
 from app.service.errors import TillInactive
 
 log = structlog.get_logger("app.display")
@@ -171,7 +171,7 @@ class DisplayView(ApiModel):
     )
 
     @classmethod
-    def of(cls, row: Checkout, now: datetime) -> DisplayView:
+    def of(cls, row: CheckoutRecord, now: datetime) -> DisplayView:
         state = CheckoutState(row.state)
         hold = 0
         if state.is_final:
@@ -419,11 +419,11 @@ async def _display_stream(
             recent = await services.checkouts.list(till_id=grant.till_id, limit=1)
             checkout = recent[0] if recent else None
         message = DisplayMessage(
-            change_id=item.change_id,
+            change_id=item.id,
             kind=item.kind,
             view=DisplayView.of(checkout, now) if checkout is not None else None,
         )
         yield b"id: %d\ndata: %s\n\n" % (
-            item.change_id,
+            item.id,
             orjson.dumps(message.model_dump(mode="json", by_alias=True)),
         )

@@ -200,7 +200,7 @@ async def till_events(
                 yield b": keep-alive\n\n"
                 continue
             payload = {
-                "changeId": item.change_id,
+                "changeId": item.id,
                 "kind": item.kind,
                 "checkoutId": item.checkout_id,
                 "data": item.data,
@@ -211,7 +211,7 @@ async def till_events(
                 ),
             }
             yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
-                item.change_id,
+                item.id,
                 item.kind.encode(),
                 orjson.dumps(payload),
             )

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from app.models import Checkout, Store, Till, WebhookRegistration
+from app.models import Store, Till, WebhookRegistration
+from app.persistence.records import CheckoutRecord
 
 
 class ApiModel(BaseModel):
@@ -206,7 +207,7 @@ class CheckoutOut(ApiModel):
     version: int
 
     @classmethod
-    def of(cls, row: Checkout) -> CheckoutOut:
+    def of(cls, row: CheckoutRecord) -> CheckoutOut:
         from app.domain.state_machine import CheckoutState
 
         failure = (
@@ -220,7 +221,7 @@ class CheckoutOut(ApiModel):
                 outcome=row.club_outcome,
                 note=row.club_note,
                 price_hold_until=row.pos_update_deadline
-                if row.state == CheckoutState.AWAITING_POS_UPDATE.value
+                if row.state is CheckoutState.AWAITING_POS_UPDATE
                 else None,
             )
             if row.club_outcome
@@ -230,12 +231,12 @@ class CheckoutOut(ApiModel):
             id=row.id,
             till_id=row.till_id,
             store_id=row.store_id,
-            state=row.state,
-            final=CheckoutState(row.state).is_final,
+            state=row.state.value,
+            final=row.state.is_final,
             payment_sent=row.vipps_state is not None,
             amount=Money.model_validate({"value": row.amount_value, "currency": row.currency}),
             original_amount=row.original_amount_value,
-            capture_mode=row.capture_mode,
+            capture_mode=row.capture_mode.value,
             description=row.description,
             reference=row.reference,
             receipt=row.receipt or {},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -25,6 +26,12 @@ def register_core(cli: typer.Typer) -> None:
         host: str = typer.Option("0.0.0.0", help="Interface to listen on."),  # noqa: S104
         port: int = typer.Option(8000, help="Port to listen on."),
         migrate: bool = typer.Option(True, help="Apply migrations before starting."),
+        workers: int | None = typer.Option(
+            None,
+            min=1,
+            help="Processes to serve with (default: one per available core on Postgres, one on "
+            "SQLite). They share the database as replicas do.",
+        ),
     ) -> None:
         """Apply migrations, then serve the API, the webhook receiver and the workers.
 
@@ -37,6 +44,11 @@ def register_core(cli: typer.Typer) -> None:
         from app.observability.logging import configure_logging
 
         settings = _settings()
+        if workers is None:
+            workers = len(os.sched_getaffinity(0)) if settings.database.is_postgres else 1
+        if workers > 1 and not settings.database.is_postgres:
+            typer.echo("several worker processes need Postgres; SQLite serves one", err=True)
+            raise typer.Exit(2)
         json_logs = (
             settings.logging.json_logs
             if settings.logging.json_logs is not None
@@ -45,8 +57,22 @@ def register_core(cli: typer.Typer) -> None:
         configure_logging(settings.logging.level, json_logs)
         if migrate:
             upgrade(settings.database.url)
+        if workers == 1:
+            uvicorn.run(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_config=None,
+                proxy_headers=True,
+                timeout_graceful_shutdown=10,
+            )
+            return
+        # Each process builds its app from the same environment (the settings are read there
+        # again); uvicorn supervises them and restarts one that dies.
         uvicorn.run(
-            create_app(settings),
+            "app.main:app_from_environment",
+            factory=True,
+            workers=workers,
             host=host,
             port=port,
             log_config=None,

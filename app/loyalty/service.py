@@ -24,8 +24,8 @@ Invariants:
 * **The phone number is kept only where the policy needs it:** in memory during the step, and,
   encrypted, in the member row of someone who joined. It is never logged unmasked, and never
   stored on the checkout.
-* **Writes follow the checkout rules:** each change is made under the till's lock, and the
-  club fields are written in the same transaction as the event they explain.
+* **Writes follow the checkout rules:** each change is one load-decide-save of the checkout
+  (:meth:`CheckoutService.change`), and the club fields are saved with the event they explain.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, assert_never
+from typing import Any, assert_never
 
 import structlog
 from pydantic import SecretStr
@@ -44,6 +43,7 @@ from pydantic import SecretStr
 from app import repository as repo
 from app.domain.receipt import check_checkout, normalize_receipt
 from app.domain.state_machine import CheckoutState, Event, EventKind
+from app.domain.statuses import ClubPolicy
 from app.loyalty.members import (
     DatabaseMemberDirectory,
     MemberDirectory,
@@ -51,14 +51,13 @@ from app.loyalty.members import (
     MemberRecord,
     NewMember,
 )
-from app.models import Checkout, CheckoutChange, IdempotentRequest, OutboxCommand, Store
+from app.models import Store
 from app.observability.pii import mask_phone
+from app.persistence.records import CheckoutRecord, CommandRecord, SeenRequest
 from app.service.checkouts import CheckoutService, request_hash
-from app.service.context import ServiceContext, Work, unit_of_work
+from app.service.context import ServiceContext
 from app.service.errors import (
-    CheckoutNotFound,
     Conflict,
-    IdempotencyKeyReused,
     InvalidCheckout,
     NotFound,
 )
@@ -69,8 +68,6 @@ from app.vipps.schemas import CibaTokens
 from app.workers.outbox import Result
 
 log = structlog.get_logger("app.loyalty")
-
-ClubPolicy = Literal["off", "lookup", "enroll"]
 
 # ``club_outcome`` values: stable, shown to tills as ``member.outcome``.
 MEMBER = "member"
@@ -97,7 +94,7 @@ def new_binding_message() -> str:
 
 
 def identify_deadline(
-    checkout: Checkout, store: Store | None, ctx: ServiceContext, now: datetime
+    checkout: CheckoutRecord, store: Store | None, ctx: ServiceContext, now: datetime
 ) -> datetime:
     """The last moment the club step may hold the sale: the payment request must still go out
     ``payment_request_margin_seconds`` before the customer token expires, after a member-price
@@ -177,20 +174,20 @@ class ClubService:
 
     # ---- identification (outbox command EXCHANGE_TOKEN) ---------------------------------------
 
-    async def identify(self, command: OutboxCommand, checkout: Checkout) -> Result:
+    async def identify(self, command: CommandRecord, checkout: CheckoutRecord) -> Result:
         """Exchange the token, look the customer up, maybe start an enrollment login.
 
         Always ends the command (``DONE``): failures are recorded on the checkout and the sale
         goes on. The outbox retries only when this raises (database trouble); a retry is safe
         because a login already started for the checkout is not started again.
         """
-        if checkout.state != CheckoutState.IDENTIFYING.value:
-            return Result("DONE", detail={"skipped": checkout.state})
+        if checkout.state is not CheckoutState.IDENTIFYING:
+            return Result("DONE", detail={"skipped": checkout.state.value})
         async with self.ctx.sessions() as session:
             store = await repo.get_store(session, checkout.store_id)
-        policy: ClubPolicy = _policy(store)
+        policy = _policy(store)
         now = self.ctx.clock()
-        if policy == "off":
+        if policy is ClubPolicy.OFF:
             await self._finish(checkout.id, None, "customer club switched off")
             return Result("DONE")
         token_expired = (
@@ -216,14 +213,14 @@ class ClubService:
         if member is not None:
             await self._finish(checkout.id, MEMBER, _member_note(member), member_id=member.id)
             return Result("DONE")
-        if policy == "lookup":
+        if policy is ClubPolicy.LOOKUP:
             await self._finish(checkout.id, NOT_MEMBER, "not a member")
             return Result("DONE")
         await self._start_enrollment(checkout, store, msisdn, now)
         return Result("DONE")
 
     async def _start_enrollment(
-        self, checkout: Checkout, store: Store | None, msisdn: str, now: datetime
+        self, checkout: CheckoutRecord, store: Store | None, msisdn: str, now: datetime
     ) -> None:
         if checkout.id in self._tasks:
             return  # this process is already following the login
@@ -264,13 +261,19 @@ class ClubService:
             expires_at=now + timedelta(seconds=started.expires_in),
             release_at=release_at,
         )
-        async with self._locked(checkout.id) as (work, current):
-            if current is None:
-                return
+
+        def enrolling(current: CheckoutRecord) -> None:
             current.ciba_auth_req_id = started.auth_req_id
             current.club_outcome = ENROLLING
             current.club_note = f"asked to join the club in the app; code {binding}"
-            await self._touch(work, current)
+
+        if (
+            await self.checkouts.change(
+                checkout.id, None, actor="club", edit=enrolling, missing_ok=True
+            )
+            is None
+        ):
+            return
         log.info(
             "club.enrollment.started",
             checkout_id=checkout.id,
@@ -375,18 +378,17 @@ class ClubService:
 
     async def _release(self, enrollment: _Enrollment) -> None:
         """The customer has not answered in time: request the payment without membership."""
-        async with self._locked(enrollment.checkout_id) as (work, checkout):
-            if checkout is None:
-                return
+
+        def note(checkout: CheckoutRecord) -> None:
             checkout.club_note = "no answer to the enrollment yet; payment sent without membership"
-            decision = await self.checkouts.apply_locked(
-                work,
-                checkout,
-                Event(EventKind.IDENTIFY_TIMED_OUT, reason="enrollment still open"),
-                actor="club",
-            )
-            if not decision.changes_state:
-                await self._touch(work, checkout)
+
+        await self.checkouts.change(
+            enrollment.checkout_id,
+            Event(EventKind.IDENTIFY_TIMED_OUT, reason="enrollment still open"),
+            actor="club",
+            edit=note,
+            missing_ok=True,
+        )
         log.info("club.enrollment.released_sale", checkout_id=enrollment.checkout_id)
 
     # ---- recording ----------------------------------------------------------------------------
@@ -400,54 +402,30 @@ class ClubService:
         member_id: str | None = None,
         after_payment_note: bool = False,
     ) -> None:
-        """Record the step's outcome and end it (``IDENTIFY_FINISHED``) in one transaction.
+        """Record the step's outcome and end it (``IDENTIFY_FINISHED``) in one save.
 
         When the sale has already moved on (released, cancelled) the event is ignored by the
         state machine and only the outcome is recorded — on the checkout, visible to the till.
         """
-        async with self._locked(checkout_id) as (work, checkout):
-            if checkout is None:
-                return
-            moved_on = checkout.state != CheckoutState.IDENTIFYING.value
+
+        def record(checkout: CheckoutRecord) -> None:
+            moved_on = checkout.state is not CheckoutState.IDENTIFYING
+            text = note
             if after_payment_note and moved_on and outcome == ENROLLED:
-                note = "joined the club after the payment was requested"
+                text = "joined the club after the payment was requested"
             checkout.club_outcome = outcome
-            checkout.club_note = note[:500]
+            checkout.club_note = text[:500]
             if member_id is not None:
                 checkout.member_id = member_id
-            decision = await self.checkouts.apply_locked(
-                work, checkout, Event(EventKind.IDENTIFY_FINISHED, reason=note), actor="club"
-            )
-            if not decision.changes_state:
-                await self._touch(work, checkout)
-        log.info("club.identified", checkout_id=checkout_id, outcome=outcome)
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, checkout_id: str) -> AsyncIterator[tuple[Work, Checkout | None]]:
-        """A transaction holding the checkout's till lock, with the checkout freshly read."""
-        async with unit_of_work(self.ctx) as work:
-            checkout = await repo.get_checkout(work.session, checkout_id)
-            if checkout is not None:
-                await repo.lock_till(work.session, checkout.till_id)
-                checkout = await repo.get_checkout(work.session, checkout_id)
-            yield work, checkout
-
-    async def _touch(self, work: Work, checkout: Checkout) -> None:
-        """Make a change of the club fields visible to long-polls and the till's SSE feed."""
-        now = self.ctx.clock()
-        checkout.version += 1
-        checkout.updated_at = now
-        work.session.add(
-            CheckoutChange(
-                till_id=checkout.till_id,
-                checkout_id=checkout.id,
-                kind="checkout.updated",
-                state=checkout.state,
-                data={"version": checkout.version, "club": checkout.club_outcome},
-                at=now,
-            )
+        await self.checkouts.change(
+            checkout_id,
+            Event(EventKind.IDENTIFY_FINISHED, reason=note),
+            actor="club",
+            edit=record,
+            missing_ok=True,
         )
-        await work.announce(checkout.till_id, checkout.id)
+        log.info("club.identified", checkout_id=checkout_id, outcome=outcome)
 
     # ---- member price (POS) -------------------------------------------------------------------
 
@@ -460,7 +438,7 @@ class ClubService:
         *,
         idempotency_key: str | None,
         actor: str,
-    ) -> Checkout:
+    ) -> CheckoutRecord:
         """Change amount and receipt once, while the checkout waits for it
         (``AWAITING_POS_UPDATE``); the payment request then goes out with the new values.
 
@@ -468,53 +446,43 @@ class ClubService:
         receipt is kept, so it must still add up to the new amount. Replaying the same
         ``Idempotency-Key`` and body answers with the checkout as it is now.
         """
-        digest = request_hash({"amount": amount, "receipt": receipt})
         key_scope = f"checkout:{checkout_id}:member-price"
-        async with self._locked(checkout_id) as (work, checkout):
-            if checkout is None or (scope is not None and checkout.till_id != scope):
-                raise CheckoutNotFound(checkout_id)
-            if idempotency_key:
-                seen = await repo.get_idempotent_request(work.session, key_scope, idempotency_key)
-                if seen is not None:
-                    if seen.request_hash != digest:
-                        raise IdempotencyKeyReused()
-                    return checkout
-                work.session.add(
-                    IdempotentRequest(
-                        scope=key_scope,
-                        key=idempotency_key,
-                        request_hash=digest,
-                        created_at=self.ctx.clock(),
-                    )
-                )
-            if checkout.state == CheckoutState.AWAITING_POS_UPDATE.value:
-                new_receipt = receipt if receipt is not None else (checkout.receipt or None)
-                check = check_checkout(
-                    amount, checkout.currency, new_receipt, description=checkout.description
-                )
-                if not check.ok:
-                    raise InvalidCheckout(list(check.errors))
-                # Set before deciding: the create-payment body is frozen from these then.
-                checkout.amount_value = amount
-                checkout.receipt = (
-                    normalize_receipt(
-                        new_receipt, currency=checkout.currency, pos_id=checkout.till_id
-                    )
-                    if new_receipt
-                    else {}
-                )
-                checkout.warnings = [w.__dict__ for w in check.warnings]
-            # In any other state the state machine refuses and says why (update_not_expected,
-            # update_window_closed, checkout_final); the transaction then rolls back.
-            await self.checkouts.apply_locked(
-                work,
-                checkout,
-                Event(EventKind.POS_UPDATED, amount=amount, reason="member price"),
-                actor=actor,
+        request = None
+        if idempotency_key:
+            digest = request_hash({"amount": amount, "receipt": receipt})
+            request = SeenRequest(key_scope, idempotency_key, digest)
+
+        def member_price(checkout: CheckoutRecord) -> None:
+            if checkout.state is not CheckoutState.AWAITING_POS_UPDATE:
+                # The state machine refuses and says why (update_not_expected,
+                # update_window_closed, checkout_final); nothing is saved.
+                return
+            new_receipt = receipt if receipt is not None else (checkout.receipt or None)
+            check = check_checkout(
+                amount, checkout.currency, new_receipt, description=checkout.description
             )
+            if not check.ok:
+                raise InvalidCheckout(list(check.errors))
+            # Set before deciding: the create-payment body is frozen from these then.
+            checkout.amount_value = amount
+            checkout.receipt = (
+                normalize_receipt(new_receipt, currency=checkout.currency, pos_id=checkout.till_id)
+                if new_receipt
+                else {}
+            )
+            checkout.warnings = [w.__dict__ for w in check.warnings]
+
+        applied = await self.checkouts.change(
+            checkout_id,
+            Event(EventKind.POS_UPDATED, amount=amount, reason="member price"),
+            actor=actor,
+            edit=member_price,
+            scope=scope,
+            request=request,
+        )
+        assert applied is not None
         log.info("club.member_price", checkout_id=checkout_id, amount=amount)
-        assert checkout is not None
-        return checkout
+        return applied.checkout
 
     # ---- operators ----------------------------------------------------------------------------
 
@@ -569,13 +537,7 @@ class MemberView:
 
 
 def _policy(store: Store | None) -> ClubPolicy:
-    match store.club_policy if store is not None else "off":
-        case "lookup":
-            return "lookup"
-        case "enroll":
-            return "enroll"
-        case _:
-            return "off"
+    return ClubPolicy(store.club_policy) if store is not None else ClubPolicy.OFF
 
 
 def _member_note(member: MemberRecord) -> str:

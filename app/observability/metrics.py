@@ -252,6 +252,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.save_conflicts = Counter(
+            "vipps_pos_save_conflicts",
+            "Decisions saved again because their till changed after they were loaded.",
+            registry=r,
+        )
         self.vipps_request_duration = Histogram(
             "vipps_pos_vipps_request_duration_seconds",
             "Latency of calls to Vipps MobilePay by operation and HTTP status class.",
@@ -322,6 +327,9 @@ class Metrics:
         self.queue_depth.labels(queue="outbox").set(stats.outbox_depth)
         self.queue_oldest_age.labels(queue="inbox").set(stats.inbox_oldest_age_seconds or 0.0)
         self.queue_oldest_age.labels(queue="outbox").set(stats.outbox_oldest_age_seconds or 0.0)
+
+    def count_save_conflict(self) -> None:
+        self.save_conflicts.inc()
 
     def count_reconciler_repair(self, *, kind: str) -> None:
         """Count one repair, e.g. ``kind="authorized"`` for a missed authorization webhook."""

@@ -2,8 +2,13 @@
 
 Each entry's ``hash`` is SHA-256 over the previous entry's hash in the same chain and the
 entry's canonical JSON. Editing, deleting or reordering any row breaks every later hash of its
-chain, which :func:`verify_chain` reports. Chains are per till (appended under the till lock,
-so no extra contention) plus one ``admin`` chain serialized by an advisory lock on Postgres.
+chain, which :func:`verify_chain` reports. Chains are per till plus one ``admin`` chain.
+
+A till's chain head (last ``seq`` and ``hash``) is kept on the till row: the hot paths read it
+with the till and append in the same statement that saves their decision (the till's revision
+guards it, see :mod:`app.persistence.postgres`); the operator paths here lock the till row and
+move the head with their entry. The ``admin`` chain is serialized by an advisory lock on
+Postgres and continues from its last entry.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import AuditEntry
+from app.models import AuditEntry, Till
+from app.persistence.records import AuditLine
 from app.repository import audit_entries_in_order
 
 GENESIS = "0" * 64
@@ -39,24 +45,95 @@ def audit_endpoint(endpoint: str) -> Iterator[None]:
         _endpoint.reset(token)
 
 
-def _canonical(entry: AuditEntry) -> bytes:
-    at = entry.at.isoformat() if entry.at else ""
+def audit_hash(
+    prev_hash: str,
+    *,
+    chain: str,
+    seq: int,
+    at: datetime | None,
+    actor: str,
+    action: str,
+    till_id: str | None,
+    checkout_id: str | None,
+    amount_value: int | None,
+    detail: dict[str, Any],
+) -> str:
+    """``sha256(prev_hash | canonical JSON of the entry)``: what links an entry to its chain."""
     body = {
-        "chain": entry.chain,
-        "seq": entry.seq,
-        "at": at,
-        "actor": entry.actor,
-        "action": entry.action,
-        "till_id": entry.till_id,
-        "checkout_id": entry.checkout_id,
-        "amount_value": entry.amount_value,
-        "detail": entry.detail,
+        "chain": chain,
+        "seq": seq,
+        "at": at.isoformat() if at else "",
+        "actor": actor,
+        "action": action,
+        "till_id": till_id,
+        "checkout_id": checkout_id,
+        "amount_value": amount_value,
+        "detail": detail,
     }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(prev_hash.encode() + b"|" + canonical).hexdigest()
 
 
 def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
-    return hashlib.sha256(prev_hash.encode() + b"|" + _canonical(entry)).hexdigest()
+    return audit_hash(
+        prev_hash,
+        chain=entry.chain,
+        seq=entry.seq,
+        at=entry.at,
+        actor=entry.actor,
+        action=entry.action,
+        till_id=entry.till_id,
+        checkout_id=entry.checkout_id,
+        amount_value=entry.amount_value,
+        detail=entry.detail,
+    )
+
+
+def with_endpoint(detail: dict[str, Any] | None) -> dict[str, Any]:
+    """The entry's detail, naming the API endpoint being served (if any)."""
+    detail = dict(detail or {})
+    endpoint = _endpoint.get()
+    if endpoint is not None:
+        detail.setdefault("endpoint", endpoint)
+    return detail
+
+
+def till_line(
+    till_id: str,
+    after: tuple[int, str],
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    checkout_id: str | None,
+    amount_value: int | None,
+    detail: dict[str, Any] | None,
+) -> AuditLine:
+    """The next entry of a till's chain whose head is ``after`` (seq, hash)."""
+    seq, prev_hash = after[0] + 1, after[1]
+    detail = with_endpoint(detail)
+    return AuditLine(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        checkout_id=checkout_id,
+        amount_value=amount_value,
+        detail=detail,
+        prev_hash=prev_hash,
+        hash=audit_hash(
+            prev_hash,
+            chain=till_id,
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            till_id=till_id,
+            checkout_id=checkout_id,
+            amount_value=amount_value,
+            detail=detail,
+        ),
+    )
 
 
 async def append_audit(
@@ -65,38 +142,64 @@ async def append_audit(
     at: datetime,
     actor: str,
     action: str,
-    till_id: str | None = None,
+    till: Till | None = None,
     checkout_id: str | None = None,
     amount_value: int | None = None,
     detail: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    """Append to the till's chain (caller holds the till lock) or to the admin chain."""
-    chain = till_id or ADMIN_CHAIN
-    detail = dict(detail or {})
-    endpoint = _endpoint.get()
-    if endpoint is not None:
-        detail.setdefault("endpoint", endpoint)
-    if chain == ADMIN_CHAIN and session.get_bind().dialect.name == "postgresql":
+    """Append to ``till``'s chain (the caller holds the till row's lock: ``lock_till``) or,
+    without a till, to the admin chain. Moving a till's head also moves its revision: a decision
+    made from the till as it was before cannot be saved over this."""
+    if till is not None:
+        line = till_line(
+            till.id,
+            (till.audit_seq, till.audit_head),
+            at=at,
+            actor=actor,
+            action=action,
+            checkout_id=checkout_id,
+            amount_value=amount_value,
+            detail=detail,
+        )
+        till.audit_seq, till.audit_head = line.seq, line.hash
+        till.revision += 1
+        entry = AuditEntry(
+            chain=till.id,
+            seq=line.seq,
+            at=at,
+            actor=actor,
+            action=action,
+            till_id=till.id,
+            checkout_id=checkout_id,
+            amount_value=amount_value,
+            detail=line.detail,
+            prev_hash=line.prev_hash,
+            hash=line.hash,
+        )
+        session.add(entry)
+        await session.flush([entry, till])
+        return entry
+    if session.get_bind().dialect.name == "postgresql":
         await session.execute(select(func.pg_advisory_xact_lock(0x5649505053)))
     last = (
         await session.execute(
             select(AuditEntry.seq, AuditEntry.hash)
-            .where(AuditEntry.chain == chain)
+            .where(AuditEntry.chain == ADMIN_CHAIN)
             .order_by(AuditEntry.seq.desc())
             .limit(1)
         )
     ).first()
     seq, prev_hash = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
     entry = AuditEntry(
-        chain=chain,
+        chain=ADMIN_CHAIN,
         seq=seq,
-        at=at.replace(microsecond=at.microsecond),
+        at=at,
         actor=actor,
         action=action,
-        till_id=till_id,
+        till_id=None,
         checkout_id=checkout_id,
         amount_value=amount_value,
-        detail=detail,
+        detail=with_endpoint(detail),
         prev_hash=prev_hash,
     )
     entry.hash = entry_hash(prev_hash, entry)

@@ -17,6 +17,7 @@ from app.crypto import SecretBox
 from app.db import create_engine, create_session_factory
 from app.notifications import ChangeHub
 from app.observability.metrics import Metrics
+from app.persistence import open_store
 from app.service import Services
 from app.service.context import ServiceContext
 from app.settings import Settings
@@ -91,17 +92,21 @@ async def open_services(
     engine = create_engine(settings.database)
     metrics = Metrics()
     http = vipps_http_client(settings, vipps_transport)
+    hub = ChangeHub()
+    store = await open_store(settings.database, engine, origin=hub.origin)
     try:
         vipps, _ = vipps_clients(settings, http, metrics)
         ctx = ServiceContext(
             settings=settings,
             sessions=create_session_factory(engine),
+            store=store,
             vipps=vipps,
             secrets=SecretBox(settings.security.encryption_key),
-            hub=ChangeHub(),
+            hub=hub,
             metrics=metrics,
         )
         yield Services.build(ctx)
     finally:
+        await store.close()
         await http.aclose()
         await engine.dispose()

@@ -11,9 +11,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import SecretBox
-from app.models import OutboxCommand
 from app.notifications import CHANNEL, ChangeHub
 from app.observability.metrics import Metrics
+from app.persistence.records import CommandRecord
+from app.persistence.store import CheckoutStore
 from app.settings import Settings
 from app.vipps.client import VippsClient
 
@@ -25,17 +26,20 @@ def utcnow() -> datetime:
 @dataclass
 class ServiceContext:
     settings: Settings
+    # Operator paths (listings, reports, registrations): the ORM in explicit units of work.
     sessions: async_sessionmaker[AsyncSession]
+    # The hot paths: checkouts, their commands and webhooks (load, decide, save).
+    store: CheckoutStore
     vipps: VippsClient
     secrets: SecretBox
     hub: ChangeHub
     metrics: Metrics
     clock: Callable[[], datetime] = utcnow
     # Set while this process runs the outbox (the app's lifespan, with workers enabled): a
-    # command decided here is claimed in the deciding transaction and handed to it right after
-    # the commit, instead of waiting for a worker's next claim. ``None``: the workers' claim
-    # loop picks the command up (the operator CLI, tests without workers).
-    dispatch_soon: Callable[[Sequence[OutboxCommand]], None] | None = None
+    # command decided here is written already claimed and handed to it right after the save,
+    # instead of waiting for a worker's next claim. ``None``: the workers' claim loop picks the
+    # command up (the operator CLI, tests without workers).
+    dispatch_soon: Callable[[Sequence[CommandRecord]], None] | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -44,15 +48,13 @@ class ServiceContext:
 
 @dataclass
 class Work:
-    """One transaction plus what to announce once it has committed."""
+    """One ORM transaction of an operator path, plus what to announce once it has committed."""
 
     session: AsyncSession
     is_postgres: bool
+    origin: str = "-"
     changed: set[tuple[str, str | None]] = field(default_factory=set)
-    outbox_added: bool = False
-    inbox_added: bool = False
-    # Commands claimed in this transaction (IN_FLIGHT, leased) for ``ServiceContext.dispatch_soon``.
-    dispatch_now: list[OutboxCommand] = field(default_factory=list)
+    revoked: set[str] = field(default_factory=set)
 
     async def announce(self, till_id: str, checkout_id: str | None) -> None:
         """Mark a visible change; on Postgres other replicas hear of it when this commits."""
@@ -61,22 +63,33 @@ class Work:
         self.changed.add((till_id, checkout_id))
         if self.is_postgres:
             await self.session.execute(
-                select(func.pg_notify(CHANNEL, ChangeHub.payload(till_id, checkout_id)))
+                select(
+                    func.pg_notify(
+                        CHANNEL, ChangeHub.payload(till_id, checkout_id, origin=self.origin)
+                    )
+                )
+            )
+
+    async def revoke(self, till_id: str) -> None:
+        """The till's credentials change in this transaction: every replica drops what it
+        cached for them, and the till's open streams end, once it commits."""
+        if till_id in self.revoked:
+            return
+        self.revoked.add(till_id)
+        if self.is_postgres:
+            await self.session.execute(
+                select(func.pg_notify(CHANNEL, ChangeHub.revocation_payload(till_id)))
             )
 
 
 @asynccontextmanager
 async def unit_of_work(ctx: ServiceContext) -> AsyncIterator[Work]:
-    """Commit on success, roll back on error; wake local waiters and workers after the commit."""
+    """Commit on success, roll back on error; wake local waiters after the commit."""
     async with ctx.sessions() as session:
         async with session.begin():
-            work = Work(session, ctx.is_postgres)
+            work = Work(session, ctx.is_postgres, ctx.hub.origin)
             yield work
         for till_id, checkout_id in work.changed:
             ctx.hub.signal_change(till_id, checkout_id)
-        if work.dispatch_now and ctx.dispatch_soon is not None:
-            ctx.dispatch_soon(work.dispatch_now)
-        if work.outbox_added:
-            ctx.hub.outbox_wakeup.set()
-        if work.inbox_added:
-            ctx.hub.inbox_wakeup.set()
+        for till_id in work.revoked:
+            ctx.hub.revoked(till_id)

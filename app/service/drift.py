@@ -149,14 +149,13 @@ class DriftService:
         except VippsError as exc:
             return _failed(item, str(exc)[:300])
         async with unit_of_work(self.ctx) as work:
-            if item.till_id:
-                await repo.lock_till(work.session, item.till_id)
+            locked = await repo.lock_till(work.session, item.till_id) if item.till_id else None
             await append_audit(
                 work.session,
                 at=self.ctx.clock(),
                 actor="admin",
                 action="drift.repair",
-                till_id=item.till_id,
+                till=locked,
                 detail={"kind": item.kind, "msn": item.msn, "merchantQrId": item.merchant_qr_id},
             )
         return Drift(**{**item.__dict__, "repaired": True})

@@ -8,7 +8,7 @@ the same answer twice changes nothing.
 from __future__ import annotations
 
 from app.domain.state_machine import CapturePolicy, CheckoutState, Event, EventKind
-from app.models import Checkout
+from app.persistence.records import CheckoutRecord
 from app.vipps.schemas import Aggregate, PaymentDetails
 
 
@@ -51,9 +51,9 @@ def event_from_details(details: PaymentDetails) -> Event | None:
             return None
 
 
-def repair_events(checkout: Checkout, details: PaymentDetails) -> list[Event]:
+def repair_events(checkout: CheckoutRecord, details: PaymentDetails) -> list[Event]:
     """What to apply so our checkout agrees with Vipps's view of the payment."""
-    state = CheckoutState(checkout.state)
+    state = checkout.state
     sums = totals(details.aggregate)
     if details.state != "AUTHORIZED":
         event = event_from_details(details)
@@ -76,7 +76,7 @@ def repair_events(checkout: Checkout, details: PaymentDetails) -> list[Event]:
             if sums["cancelled_total"] > checkout.cancelled_value:
                 return [with_totals(EventKind.CANCEL_SUCCEEDED, details.aggregate)]
             if (
-                checkout.capture_mode == CapturePolicy.AUTO.value
+                checkout.capture_mode is CapturePolicy.AUTO
                 and checkout.capture_pending_value == 0
                 and checkout.failure_code is None
                 and checkout.authorized_value > checkout.captured_value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -20,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
 from app.crypto import new_api_key
+from app.domain.statuses import ClubPolicy, QrStatus, TillStatus
 from app.models import Store, Till
-from app.service.audit import append_audit
+from app.service.audit import GENESIS, append_audit
 from app.service.context import ServiceContext, unit_of_work
 from app.service.errors import (
     MsnNotAccessible,
@@ -44,9 +46,65 @@ class NewTill:
     api_key: str  # shown once
 
 
+@dataclass(frozen=True)
+class TillCredential:
+    """What authenticating a till's API key needs to know of the till."""
+
+    till_id: str
+    key_id: str
+    key_hash: str
+    active: bool
+
+
+# An unknown key id is remembered briefly too, so guessing costs no database read per guess; a
+# newly issued key cannot be among them (key ids are random and never guessed before issue).
+_UNKNOWN_KEY_SECONDS = 5.0
+
+
 class TillService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+        # key id -> (monotonic expiry, credential or None for an unknown key id)
+        self._credentials: dict[str, tuple[float, TillCredential | None]] = {}
+        ctx.hub.on_revoked.append(self.forget_credentials)
+
+    async def credential(self, key_id: str) -> TillCredential | None:
+        """The till holding API key ``key_id``, cached for ``till_auth_cache_seconds``.
+
+        A rotation or deactivation anywhere reaches every replica's cache at once
+        (``ChangeHub.revoked``, over LISTEN/NOTIFY); the expiry bounds how long a cached key
+        could outlive a revocation whose notification was lost with the listening connection
+        (which also clears the cache when it reconnects).
+        """
+        now = time.monotonic()
+        cached = self._credentials.get(key_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self.ctx.sessions() as session:
+            till = await repo.get_till_by_key_id(session, key_id)
+        credential = (
+            TillCredential(till.id, till.api_key_id, till.api_key_hash, till.status == "ACTIVE")
+            if till is not None
+            else None
+        )
+        lifetime = (
+            self.ctx.settings.security.till_auth_cache_seconds
+            if credential is not None
+            else _UNKNOWN_KEY_SECONDS
+        )
+        if len(self._credentials) > 100_000:  # a flood of guesses: start over
+            self._credentials.clear()
+        self._credentials[key_id] = (now + lifetime, credential)
+        return credential
+
+    def forget_credentials(self, till_id: str | None) -> None:
+        """Drop the cached credentials of ``till_id`` (``None``: of every till)."""
+        if till_id is None:
+            self._credentials.clear()
+            return
+        for key_id, (_, credential) in list(self._credentials.items()):
+            if credential is not None and credential.till_id == till_id:
+                del self._credentials[key_id]
 
     async def upsert_store(
         self,
@@ -65,7 +123,7 @@ class TillService:
                 store = Store(
                     id=store_id,
                     name=name or store_id,
-                    club_policy=club_policy or "off",
+                    club_policy=ClubPolicy(club_policy or ClubPolicy.OFF),
                     member_price_hold=bool(member_price_hold),
                     member_price_hold_seconds=member_price_hold_seconds or 20,
                     created_at=now,
@@ -76,7 +134,7 @@ class TillService:
                 if name is not None:
                     store.name = name
                 if club_policy is not None:
-                    store.club_policy = club_policy
+                    store.club_policy = ClubPolicy(club_policy)
                 if member_price_hold is not None:
                     store.member_price_hold = member_price_hold
                 if member_price_hold_seconds is not None:
@@ -119,7 +177,7 @@ class TillService:
                         Store(
                             id=store_id,
                             name=store_id,
-                            club_policy="off",
+                            club_policy=ClubPolicy.OFF,
                             member_price_hold=False,
                             member_price_hold_seconds=20,
                             created_at=now,
@@ -135,11 +193,14 @@ class TillService:
                     location_description=location_description,
                     api_key_id=key_id,
                     api_key_hash=key_hash,
-                    status="ACTIVE",
-                    qr_status="PENDING",
+                    status=TillStatus.ACTIVE,
+                    qr_status=QrStatus.PENDING,
                     created_at=now,
                     updated_at=now,
                     version=0,
+                    revision=0,
+                    audit_seq=0,
+                    audit_head=GENESIS,
                 )
                 work.session.add(till)
                 await append_audit(
@@ -147,7 +208,7 @@ class TillService:
                     at=now,
                     actor=actor,
                     action="till.register",
-                    till_id=till_id,
+                    till=till,
                     detail={"store": store_id, "msn": msn, "apiKeyId": key_id},
                 )
         except IntegrityError as exc:
@@ -159,7 +220,7 @@ class TillService:
     async def sync_qr(self, till_id: str) -> Till:
         """Make Vipps hold this till's QR as we do (PUT is an upsert), then fetch its content."""
         till = await self.get(till_id)
-        status, content = "SYNCED", till.qr_content
+        status, content = QrStatus.SYNCED, till.qr_content
         try:
             await self.ctx.vipps.put_callback_qr(
                 till.msn,
@@ -170,7 +231,7 @@ class TillService:
             qr = await self.ctx.vipps.get_callback_qr(till.msn, till.merchant_qr_id)
             content = qr.qr_content or content
         except VippsError as exc:
-            status = "FAILED"
+            status = QrStatus.FAILED
             log.warning("till.qr_sync_failed", till_id=till_id, error=str(exc)[:300])
         async with unit_of_work(self.ctx) as work:
             row = await repo.get_till(work.session, till_id)
@@ -179,10 +240,6 @@ class TillService:
             row.qr_content = content
             row.updated_at = self.ctx.clock()
             return row
-
-    async def find_by_key_id(self, key_id: str) -> Till | None:
-        async with self.ctx.sessions() as session:
-            return await repo.get_till_by_key_id(session, key_id)
 
     async def get(self, till_id: str) -> Till:
         async with self.ctx.sessions() as session:
@@ -204,14 +261,14 @@ class TillService:
                 raise TillNotFound(till_id)
             if location_description is not None:
                 till.location_description = location_description
-                till.qr_status = "PENDING"
+                till.qr_status = QrStatus.PENDING
             till.updated_at = self.ctx.clock()
             await append_audit(
                 work.session,
                 at=self.ctx.clock(),
                 actor=actor,
                 action="till.update",
-                till_id=till_id,
+                till=till,
                 detail={"locationDescription": location_description},
             )
         return await self.sync_qr(till_id)
@@ -223,14 +280,15 @@ class TillService:
             till = await repo.lock_till(work.session, till_id)
             if till is None:
                 raise TillNotFound(till_id)
-            till.status = "INACTIVE"
+            till.status = TillStatus.INACTIVE
             till.updated_at = self.ctx.clock()
+            await work.revoke(till_id)
             await append_audit(
                 work.session,
                 at=self.ctx.clock(),
                 actor=actor,
                 action="till.deactivate",
-                till_id=till_id,
+                till=till,
             )
         try:
             await self.ctx.vipps.delete_callback_qr(till.msn, till.merchant_qr_id)
@@ -248,12 +306,13 @@ class TillService:
                 raise TillNotFound(till_id)
             till.api_key_id, till.api_key_hash = key_id, key_hash
             till.updated_at = self.ctx.clock()
+            await work.revoke(till_id)
             await append_audit(
                 work.session,
                 at=self.ctx.clock(),
                 actor=actor,
                 action="till.rotate_key",
-                till_id=till_id,
+                till=till,
                 detail={"apiKeyId": key_id},
             )
         return NewTill(till, api_key)

@@ -26,6 +26,7 @@ from datetime import datetime
 import structlog
 
 from app import repository as repo
+from app.domain.statuses import RegistrationStatus
 from app.models import WebhookRegistration
 from app.service.audit import append_audit
 from app.service.context import ServiceContext, unit_of_work
@@ -92,7 +93,7 @@ class WebhookService:
             for h in at_vipps
             if h.url == url
             and h.id in stored
-            and stored[h.id].status == "ACTIVE"
+            and stored[h.id].status is RegistrationStatus.ACTIVE
             and set(ALL_EVENTS) <= set(h.events)
         ]
         # The newest complete registration wins; an older one is a leftover duplicate.
@@ -144,7 +145,7 @@ class WebhookService:
         3. The bridge is deleted and retired.
         """
         url = self.intake.registered_url(msn)
-        before = [r for r in await self._stored(msn) if r.status == "ACTIVE"]
+        before = [r for r in await self._stored(msn) if r.status is RegistrationStatus.ACTIVE]
         at_vipps = {h.id: h for h in await self.ctx.vipps.list_webhooks(msn)}
         _check_no_foreign_checkin(msn, url, list(at_vipps.values()))
         bridge = await self._register(msn, url, PAYMENT_EVENTS, actor=actor)
@@ -227,7 +228,7 @@ class WebhookService:
                     url=url,
                     events=list(events),
                     secret_enc=self.ctx.secrets.encrypt(registration.secret.get_secret_value()),
-                    status="ACTIVE",
+                    status=RegistrationStatus.ACTIVE,
                     created_at=self.ctx.clock(),
                 )
             )
@@ -253,9 +254,9 @@ class WebhookService:
         retired: list[str] = []
         async with unit_of_work(self.ctx) as work:
             for row in await repo.registrations_for_msn(work.session, msn):
-                if row.id in keep_ids or row.status != "ACTIVE":
+                if row.id in keep_ids or row.status is not RegistrationStatus.ACTIVE:
                     continue
-                row.status, row.retired_at = "RETIRING", now
+                row.status, row.retired_at = RegistrationStatus.RETIRING, now
                 retired.append(row.id)
             if retired:
                 await append_audit(

@@ -20,9 +20,8 @@ from datetime import timedelta
 
 import structlog
 
-from app import repository as repo
-from app.models import InboxEvent
-from app.service.context import ServiceContext, unit_of_work
+from app.persistence.records import InboxRecord
+from app.service.context import ServiceContext
 from app.service.intake import WebhookIntake
 
 log = structlog.get_logger("app.inbox")
@@ -55,31 +54,30 @@ class InboxWorker:
                 )
 
     async def run_once(self) -> int:
-        async with unit_of_work(self.ctx) as work:
-            claimed = await repo.claim_inbox(
-                work.session, self.ctx.clock(), LEASE, self.ctx.settings.workers.outbox_batch_size
-            )
-            lanes: dict[str, list[int]] = {}
-            for row in claimed:
-                lanes.setdefault(self._lane(row), []).append(row.id)
+        claimed = await self.ctx.store.claim_inbox(
+            self.ctx.clock(), LEASE, self.ctx.settings.workers.outbox_batch_size
+        )
+        lanes: dict[str, list[InboxRecord]] = {}
+        for row in claimed:
+            lanes.setdefault(self._lane(row), []).append(row)
         room = asyncio.Semaphore(PARALLEL_LANES)
 
-        async def run_lane(ids: list[int]) -> None:
+        async def run_lane(rows: list[InboxRecord]) -> None:
             async with room:
-                for inbox_id in ids:
-                    await self._process_one(inbox_id)
+                for row in rows:
+                    await self._process_one(row)
 
-        await asyncio.gather(*(run_lane(ids) for ids in lanes.values()))
+        await asyncio.gather(*(run_lane(rows) for rows in lanes.values()))
         return len(claimed)
 
-    async def _process_one(self, inbox_id: int) -> None:
+    async def _process_one(self, row: InboxRecord) -> None:
         try:
-            await self.intake.process(inbox_id)
+            await self.intake.process_stored(self.intake.stored_of(row))
         except Exception as exc:
-            log.warning("inbox.event_failed", inbox_id=inbox_id, exc_info=True)
-            await self.intake.record_failure(inbox_id, exc)
+            log.warning("inbox.event_failed", inbox_id=row.id, exc_info=True)
+            await self.intake.record_failure(row.id, exc)
 
-    def _lane(self, row: InboxEvent) -> str:
+    def _lane(self, row: InboxRecord) -> str:
         """Events that must apply in arrival order share a lane (see the module docstring)."""
         if row.reference:
             return f"{row.msn}|reference|{row.reference}"

@@ -9,9 +9,12 @@ Invariants:
   attempt asks Vipps first (GET the payment) and only re-sends if the effect is not there. A
   create, capture or refund whose GET fails is re-sent with the same key and body, which Vipps
   answers with the original outcome (REFERENCE.md §7.10).
-* Commands of one checkout run in order (see :func:`repository.claim_outbox`).
+* Commands of one checkout run in order (see ``CLAIM_OUTBOX`` in :mod:`app.persistence.postgres`).
 * At most 5 mutating calls per minute per payment reference (Vipps's limit, REFERENCE.md §7.11):
   each call's time is recorded on the checkout, and a command that would exceed it waits.
+* A dispatch reads nothing first: what a call needs travels with the command (its payload, and
+  from its checkout the customer token and the recent call stamps). Recording the answer is one
+  load and one save of the checkout, like any other decision.
 * No lock is held during a call: the claim commits before, the result is recorded after.
 """
 
@@ -29,11 +32,11 @@ from typing import Any
 
 import structlog
 
-from app import repository as repo
 from app.domain.state_machine import CommandKind, Event, EventKind
-from app.models import Checkout, OutboxCommand
+from app.domain.statuses import OutboxStatus
+from app.persistence.records import CommandOutcome, CommandRecord
 from app.service.checkouts import CheckoutService
-from app.service.context import ServiceContext, unit_of_work
+from app.service.context import ServiceContext
 from app.service.crashpoints import crash_point
 from app.service.sync import event_from_details, totals, with_totals
 from app.vipps.client import VippsClient
@@ -132,7 +135,7 @@ class OutboxWorker:
 
     # ---- direct hand-off ----------------------------------------------------------------------
 
-    def dispatch_soon(self, commands: Sequence[OutboxCommand]) -> None:
+    def dispatch_soon(self, commands: Sequence[CommandRecord]) -> None:
         """Send commands claimed by the transaction that decided them (see
         ``CheckoutService._queue``), without a claim round trip or a wake-up of the loop. Each
         runs in a fresh context, as the claim loops' dispatches do: recording its result is not
@@ -146,7 +149,7 @@ class OutboxWorker:
             self._direct.add(task)
             task.add_done_callback(self._direct.discard)
 
-    async def _dispatch_handed_off(self, command: OutboxCommand) -> None:
+    async def _dispatch_handed_off(self, command: CommandRecord) -> None:
         async with self._direct_room:
             await self.dispatch(command)
 
@@ -196,13 +199,11 @@ class OutboxWorker:
 
     async def run_once(self) -> int:
         settings = self.ctx.settings.workers
-        async with unit_of_work(self.ctx) as work:
-            claimed = await repo.claim_outbox(
-                work.session,
-                self.ctx.clock(),
-                timedelta(seconds=settings.outbox_lease_seconds),
-                settings.outbox_batch_size,
-            )
+        claimed = await self.ctx.store.claim_outbox(
+            self.ctx.clock(),
+            timedelta(seconds=settings.outbox_lease_seconds),
+            settings.outbox_batch_size,
+        )
         if not claimed:
             return 0
         await asyncio.gather(*(self.dispatch(command) for command in claimed))
@@ -210,23 +211,19 @@ class OutboxWorker:
 
     # ---- one command --------------------------------------------------------------------------
 
-    async def dispatch(self, command: OutboxCommand) -> None:
+    async def dispatch(self, command: CommandRecord) -> None:
         if command.id in self._inflight:
             return
         self._inflight.add(command.id)
         try:
-            checkout = None
-            if command.checkout_id:
-                async with self.ctx.sessions() as session:
-                    checkout = await repo.get_checkout(session, command.checkout_id)
-            wait, stamp = self._rate_limit_wait(command, checkout)
+            wait, stamp = self._rate_limit_wait(command)
             if wait > 0:
                 await self._record(command, Result("RETRY", retry_in=wait, error="rate limited"))
                 return
             started = time.monotonic()
-            crash_point("outbox.before_call", command.kind)
+            crash_point("outbox.before_call", command.kind.value)
             try:
-                result = await self._perform(command, checkout)
+                result = await self._perform(command)
             except VippsOutcomeUnknown as exc:
                 result = self._retry(command, exc, unknown=True)
             except VippsUnavailable as exc:
@@ -237,7 +234,7 @@ class OutboxWorker:
             log.info(
                 "outbox.dispatched",
                 command_id=command.id,
-                kind=command.kind,
+                kind=command.kind.value,
                 checkout_id=command.checkout_id,
                 attempt=command.attempts,
                 status=result.status,
@@ -245,34 +242,33 @@ class OutboxWorker:
             )
             if stamp is not None:
                 stamp = self._stamp_call_end(command, stamp)
-            crash_point("outbox.after_call", command.kind)
+            crash_point("outbox.after_call", command.kind.value)
             await self._record(command, result, call_stamp=stamp)
         except Exception:
-            log.exception("outbox.dispatch_error", command_id=command.id, kind=command.kind)
+            log.exception("outbox.dispatch_error", command_id=command.id, kind=command.kind.value)
         finally:
             self._inflight.discard(command.id)
 
     def _retry(
-        self, command: OutboxCommand, error: VippsError, *, unknown: bool, floor: float = 0.0
+        self, command: CommandRecord, error: VippsError, *, unknown: bool, floor: float = 0.0
     ) -> Result:
         backoff = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** max(0, command.attempts - 1))
         retry_after = getattr(error, "retry_after", None)
         delay = max(floor, backoff, retry_after or 0.0)
         return Result("RETRY", retry_in=delay, outcome_unknown=unknown, error=str(error)[:500])
 
-    def _rate_limit_wait(
-        self, command: OutboxCommand, checkout: Checkout | None
-    ) -> tuple[float, float | None]:
+    def _rate_limit_wait(self, command: CommandRecord) -> tuple[float, float | None]:
         """Seconds to wait before this call may go out, and the call's stamp if it may now.
 
-        Stamps of recorded calls come from the checkout; calls this process has made but not yet
-        recorded are in ``self._calls`` under the same stamp, so none is counted twice.
+        Stamps of recorded calls travel with the command (from its checkout, as of its claim or
+        decision); calls this process has made but not yet recorded are in ``self._calls``
+        under the same stamp, so none is counted twice.
         """
-        if command.kind not in _MUTATING:
+        if command.kind.value not in _MUTATING:
             return 0.0, None
         now = time.time()
         key = f"{command.msn}:{command.reference}"
-        recorded = [t for t in (checkout.mutating_calls if checkout else []) if now - t < 60]
+        recorded = [t for t in (command.mutating_calls or []) if now - t < 60]
         local = self._calls.setdefault(key, deque(maxlen=RATE_LIMIT_CALLS * 2))
         while local and now - local[0] >= RATE_LIMIT_WINDOW:
             local.popleft()
@@ -282,7 +278,7 @@ class OutboxWorker:
         local.append(now)
         return 0.0, now
 
-    def _stamp_call_end(self, command: OutboxCommand, sent: float) -> float:
+    def _stamp_call_end(self, command: CommandRecord, sent: float) -> float:
         """Re-stamp a mutating call with the time its attempt ended.
 
         Vipps counts a call when it arrives, which is anywhere between our send and its answer —
@@ -298,36 +294,37 @@ class OutboxWorker:
             local.append(ended)
         return ended
 
-    async def _perform(self, command: OutboxCommand, checkout: Checkout | None) -> Result:
-        kind = CommandKind(command.kind)
-        if checkout is None:
+    async def _perform(self, command: CommandRecord) -> Result:
+        kind = command.kind
+        if command.checkout_id is None:
             return Result("FAILED", error="checkout no longer exists")
         match kind:
             case CommandKind.CREATE_PAYMENT:
-                return await self._create(command, checkout)
+                return await self._create(command)
             case CommandKind.CAPTURE:
                 return await self._move_money(command, CAPTURE)
             case CommandKind.CANCEL:
-                return await self._cancel(command, checkout)
+                return await self._cancel(command)
             case CommandKind.REFUND:
                 return await self._move_money(command, REFUND)
             case CommandKind.EXCHANGE_TOKEN:
                 if self.club is None:
                     event = Event(EventKind.IDENTIFY_FINISHED, reason="customer club not set up")
                     return Result("DONE", event=event)
+                checkout = await self.checkouts.get(None, command.checkout_id)
                 result: Result = await self.club.identify(command, checkout)
                 return result
             case _:
                 raise AssertionError(f"unhandled command {kind}")
 
-    async def _payment(self, command: OutboxCommand) -> PaymentDetails | None:
+    async def _payment(self, command: CommandRecord) -> PaymentDetails | None:
         assert command.reference is not None
         try:
             return await self.vipps.get_payment(command.msn, command.reference)
         except VippsNotFound:
             return None
 
-    async def _create(self, command: OutboxCommand, checkout: Checkout) -> Result:
+    async def _create(self, command: CommandRecord) -> Result:
         if command.outcome_unknown:
             # Did the earlier attempt create it? Ask before sending again. If Vipps cannot be
             # asked, send again with the same key and body: Vipps answers with the original
@@ -340,17 +337,17 @@ class OutboxWorker:
                 return Result(
                     "DONE", event=event_from_details(details) or Event(EventKind.PAYMENT_CREATED)
                 )
-        if not checkout.customer_token_enc:
+        if not command.customer_token_enc:
             event = Event(EventKind.PAYMENT_CREATE_REFUSED, reason="no customer token")
             return Result("FAILED", event=event, failure_code="no_customer_token")
         if (
-            checkout.customer_token_expires_at
-            and checkout.customer_token_expires_at <= self.ctx.clock()
+            command.customer_token_expires_at
+            and command.customer_token_expires_at <= self.ctx.clock()
         ):
             event = Event(EventKind.PAYMENT_CREATE_REFUSED, reason="customer token expired")
             return Result("FAILED", event=event, failure_code="customer_token_expired")
         body = dict(command.payload["body"])
-        body["customer"] = {"customerToken": self.ctx.secrets.decrypt(checkout.customer_token_enc)}
+        body["customer"] = {"customerToken": self.ctx.secrets.decrypt(command.customer_token_enc)}
         request = CreatePaymentRequest.model_validate(body)
         try:
             await self.vipps.create_payment(command.msn, request, command.idempotency_key)
@@ -363,17 +360,17 @@ class OutboxWorker:
             return Result(
                 "FAILED", event=event, error=_reason(exc), failure_code=exc.error_code or "rejected"
             )
-        if checkout.scanned_at is not None:
+        if command.scanned_at is not None and command.store_id is not None:
             self.ctx.metrics.observe_scan_to_payment_request(
-                store=checkout.store_id,
-                seconds=(self.ctx.clock() - checkout.scanned_at).total_seconds(),
+                store=command.store_id,
+                seconds=(self.ctx.clock() - command.scanned_at).total_seconds(),
             )
         return Result("DONE", event=Event(EventKind.PAYMENT_CREATED))
 
-    def _amount(self, command: OutboxCommand) -> Amount:
+    def _amount(self, command: CommandRecord) -> Amount:
         return Amount(currency=command.payload["currency"], value=int(command.payload["amount"]))
 
-    async def _move_money(self, command: OutboxCommand, move: _MoneyMove) -> Result:
+    async def _move_money(self, command: CommandRecord, move: _MoneyMove) -> Result:
         """Capture or refund ``payload.amount``. Safe to repeat: same key, same body.
 
         After an unknown outcome, Vipps's aggregate is compared with what it was when the command
@@ -405,7 +402,7 @@ class OutboxWorker:
     def _modified(self, kind: EventKind, response: ModificationResponse) -> Result:
         return Result("DONE", event=with_totals(kind, response.aggregate))
 
-    async def _cancel(self, command: OutboxCommand, checkout: Checkout) -> Result:
+    async def _cancel(self, command: CommandRecord) -> Result:
         assert command.reference is not None
         only_pending = bool(command.payload.get("cancelTransactionOnly"))
         try:
@@ -436,43 +433,30 @@ class OutboxWorker:
     # ---- recording ----------------------------------------------------------------------------
 
     async def _record(
-        self, command: OutboxCommand, result: Result, *, call_stamp: float | None = None
+        self, command: CommandRecord, result: Result, *, call_stamp: float | None = None
     ) -> None:
         now = self.ctx.clock()
-        async with unit_of_work(self.ctx) as work:
-            checkout = None
-            if command.checkout_id:
-                # The command carries its checkout's till: lock it first, then read the
-                # checkout once, as it is under the lock.
-                till_id = command.till_id
-                if till_id is None:  # (the column is nullable) find the till through the checkout
-                    found = await repo.get_checkout(work.session, command.checkout_id)
-                    till_id = found.till_id if found is not None else None
-                if till_id is not None:
-                    await repo.lock_till(work.session, till_id)
-                    checkout = await repo.get_checkout(work.session, command.checkout_id)
-            row = await repo.get_outbox(work.session, command.id)
-            if row is None or row.status in ("DONE", "FAILED", "CANCELLED"):
-                return  # another worker finished it (a lease overlap); its result stands
-            row.updated_at = now
-            row.last_error = result.error
-            if result.status == "RETRY":
-                row.status = "PENDING"
-                row.outcome_unknown = row.outcome_unknown or result.outcome_unknown
-                row.next_attempt_at = now + timedelta(seconds=result.retry_in)
-                row.lease_until = None
-            else:
-                row.status = result.status
-                row.completed_at = now
-                row.lease_until = None
-                row.result = result.detail or {"event": result.event.kind if result.event else None}
-            if checkout is not None:
-                if call_stamp is not None:
-                    recent = [t for t in checkout.mutating_calls or [] if call_stamp - t < 60]
-                    checkout.mutating_calls = [*recent[-(RATE_LIMIT_CALLS * 2) :], call_stamp]
-                if result.failure_code:
-                    checkout.failure_code = result.failure_code[:64]
-                if result.event is not None:
-                    await self.checkouts.apply_locked(
-                        work, checkout, result.event, actor=f"outbox:{row.kind.lower()}"
-                    )
+        if result.status == "RETRY":
+            outcome = CommandOutcome(
+                command.id,
+                OutboxStatus.PENDING,
+                result.error,
+                next_attempt_at=now + timedelta(seconds=result.retry_in),
+                outcome_unknown=result.outcome_unknown,
+            )
+        else:
+            outcome = CommandOutcome(
+                command.id,
+                OutboxStatus(result.status),
+                result.error,
+                result=result.detail
+                or {"event": result.event.kind.value if result.event else None},
+            )
+        await self.checkouts.record_command(
+            command,
+            outcome,
+            result.event,
+            failure_code=result.failure_code,
+            call_stamp=call_stamp,
+            rate_limit_calls=RATE_LIMIT_CALLS,
+        )

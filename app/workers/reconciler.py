@@ -23,7 +23,6 @@ import structlog
 
 from app import repository as repo
 from app.domain.state_machine import CheckoutState, Event, EventKind
-from app.models import Checkout
 from app.service.checkouts import CheckoutService
 from app.service.context import ServiceContext, unit_of_work
 from app.vipps.client import VippsClient
@@ -31,9 +30,9 @@ from app.vipps.errors import VippsError
 
 log = structlog.get_logger("app.reconciler")
 POLLED_STATES = (
-    CheckoutState.PAYMENT_REQUESTED.value,
-    CheckoutState.CANCELLING.value,
-    CheckoutState.AUTHORIZED.value,
+    CheckoutState.PAYMENT_REQUESTED,
+    CheckoutState.CANCELLING,
+    CheckoutState.AUTHORIZED,
 )
 # Polls in flight at once. Each opens database sessions before and after its Vipps GET (none is
 # held during the call); 50 at once overflowed the connection pool, and every overflow connection
@@ -68,24 +67,24 @@ class Reconciler:
             identifying = await repo.checkouts_identifying_past(work.session, now + margin, 200)
             expired_checkins = await repo.expire_checkins(work.session, now)
             due = await repo.checkouts_due_for_poll(work.session, POLLED_STATES, now, 50)
-        for checkout in overdue:
+        for checkout_id, state in overdue:
             kind = (
                 EventKind.SCAN_TIMED_OUT
-                if checkout.state == CheckoutState.AWAITING_SCAN.value
+                if state is CheckoutState.AWAITING_SCAN
                 else EventKind.POS_UPDATE_TIMED_OUT
             )
-            await self.checkouts.apply(checkout.id, Event(kind), actor="reconciler")
+            await self.checkouts.apply(checkout_id, Event(kind), actor="reconciler")
             repaired += 1
-        for checkout in identifying:
+        for checkout_id in identifying:
             # Pay now, while the customer token is still valid, without membership.
             event = Event(EventKind.IDENTIFY_TIMED_OUT, reason="customer club step took too long")
-            await self.checkouts.apply(checkout.id, event, actor="reconciler")
+            await self.checkouts.apply(checkout_id, event, actor="reconciler")
             repaired += 1
         room = asyncio.Semaphore(POLLS_AT_ONCE)
 
-        async def bounded_poll(checkout: Checkout) -> bool:
+        async def bounded_poll(checkout_id: str) -> bool:
             async with room:
-                return await self.poll(checkout)
+                return await self.poll(checkout_id)
 
         results = await asyncio.gather(*(bounded_poll(c) for c in due), return_exceptions=True)
         repaired += sum(1 for r in results if r is True)
@@ -93,24 +92,19 @@ class Reconciler:
             log.info("reconciler.checkins_expired", count=expired_checkins)
         return repaired
 
-    async def poll(self, checkout: Checkout) -> bool:
+    async def poll(self, checkout_id: str) -> bool:
         """Ask Vipps about one checkout and apply what it says. True if that changed anything."""
         try:
-            changed = await self.checkouts.sync_with_vipps(checkout.id, actor="reconciler")
+            changed = await self.checkouts.sync_with_vipps(checkout_id, actor="reconciler")
         except VippsError as exc:
-            log.warning("reconciler.poll_failed", checkout_id=checkout.id, error=str(exc)[:200])
+            log.warning("reconciler.poll_failed", checkout_id=checkout_id, error=str(exc)[:200])
             changed = False
-        await self._schedule(checkout.id)
+        # The next poll: every 2 s, slowing to every 10 s after a minute of polls (§7.11).
+        await self.ctx.store.schedule_poll(
+            checkout_id,
+            self.ctx.clock(),
+            self.ctx.settings.workers.reconcile_poll_every_seconds,
+            slow_after=30,
+            slow_every=10.0,
+        )
         return changed
-
-    async def _schedule(self, checkout_id: str) -> None:
-        workers = self.ctx.settings.workers
-        async with unit_of_work(self.ctx) as work:
-            checkout = await repo.get_checkout(work.session, checkout_id)
-            if checkout is None or not CheckoutState(checkout.state).is_active:
-                return
-            checkout.poll_count += 1
-            every = workers.reconcile_poll_every_seconds
-            if checkout.poll_count > 30:
-                every = max(every, 10.0)
-            checkout.next_poll_at = self.ctx.clock() + timedelta(seconds=every)

@@ -6,6 +6,7 @@ stores exactly what the ORM insert stores, on both databases."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,11 +17,12 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from app import repository as repo
-from app.db import create_engine, create_session_factory
+from app.domain.statuses import InboxStatus
 from app.models import AuditEntry, InboxEvent, OutboxCommand
+from app.persistence.counters import StatementCounter
+from app.persistence.postgres import PostgresStore
+from app.persistence.store import NewInboxEvent
 from app.service import Services
-from app.settings import DatabaseSettings
 from app.workers.outbox import OutboxWorker
 from tests.api.support import payment_sent
 from tests.support.stack import Stack, in_process_stack
@@ -157,80 +159,101 @@ async def test_without_an_outbox_in_this_process_commands_wait_for_a_claim(
         assert (row.status, row.attempts) == ("DONE", 1)
 
 
-async def test_the_intakes_inbox_insert_matches_the_orm_insert_and_drops_duplicates(
+def _delivery(n: int, **overrides: Any) -> NewInboxEvent:
+    values: dict[str, Any] = {
+        "dedup_key": f"delivery-{n}".ljust(64, "x"),
+        "msn": "123456",
+        "event_type": "user.checked-in.v1",
+        "reference": None,
+        "merchant_qr_id": "no-such-qr",
+        "body": "{}",
+        "body_encrypted": False,
+        "event_time": None,
+        "disposition": "decide",
+        "outcome": None,
+        "last_error": None,
+    }
+    return NewInboxEvent(**(values | overrides))
+
+
+async def test_the_intakes_group_insert_files_each_delivery_and_drops_duplicates(
     database_url: str,
 ) -> None:
+    """One statement stores a group of deliveries: each is matched to its till or checkout,
+    filed PENDING (a decision is needed), PROCESSED (a signal), UNMATCHED or FAILED, and a
+    delivery seen before — in an earlier group or earlier in the same one — is not stored."""
     async with in_process_stack(database_url) as stack:
+        await stack.ensure_webhook()
+        till = await stack.register_till()
+        checkout = await stack.checkout(till, 4200)
         services: Services = stack.app.state.services
+        store = services.ctx.store
         now = datetime.now(UTC).replace(microsecond=0)
-        values = {
-            "dedup_key": "k" * 64,
-            "msn": "123456",
-            "event_type": "epayments.payment.created.v1",
-            "reference": "ref-1",
-            "body": '{"name": "CREATED"}',
-            "body_encrypted": False,
-            "event_time": now - timedelta(seconds=3),
-            "received_at": now,
-            "status": "PENDING",
-            "attempts": 1,
-            "next_attempt_at": now + timedelta(seconds=5),
-            "last_error": None,
-        }
+        lease = now + timedelta(seconds=5)
+        scan = _delivery(1, merchant_qr_id=till["merchantQrId"], event_time=now)
+        created = _delivery(
+            2,
+            event_type="epayments.payment.created.v1",
+            reference=checkout["reference"],
+            merchant_qr_id=None,
+            disposition="settle",
+            outcome="signal",
+        )
+        stranger = _delivery(3)
+        garbled = _delivery(4, merchant_qr_id=None, disposition="failed", last_error="garbled")
+        stored = await store.store_inbox([scan, created, stranger, garbled, scan], now, lease)
+        by_key = {row.dedup_key: row for row in stored}
+        assert len(stored) == 4, "the second copy of the scan in the same group is dropped"
+        assert by_key[scan.dedup_key].status is InboxStatus.PENDING
+        assert by_key[created.dedup_key].status is InboxStatus.PROCESSED
+        assert by_key[created.dedup_key].checkout_id == checkout["id"]
+        assert by_key[stranger.dedup_key].status is InboxStatus.UNMATCHED
+        assert by_key[garbled.dedup_key].status is InboxStatus.FAILED
+        assert await store.store_inbox([scan, created], now, lease) == []
         async with services.ctx.sessions() as session:
-            first = await repo.store_inbox_event(session, values)
-        async with services.ctx.sessions() as session:
-            again = await repo.store_inbox_event(session, values)
-        assert first is not None
-        assert again is None
-        # Committed on its own: another session sees it, with every column as given.
-        async with services.ctx.sessions() as session:
-            row = await session.get(InboxEvent, first)
-        assert row is not None
-        assert {column: getattr(row, column) for column in values} == values
+            rows = {
+                row.dedup_key: row
+                for row in await session.scalars(select(InboxEvent).order_by(InboxEvent.id))
+            }
+        assert rows[scan.dedup_key].next_attempt_at == lease  # leased to the receiving replica
+        assert rows[scan.dedup_key].event_time == now
+        assert rows[created.dedup_key].outcome == "signal"
+        assert rows[stranger.dedup_key].outcome == "unmatched"
+        assert rows[garbled.dedup_key].last_error == "garbled"
 
 
-async def test_a_dead_connection_under_the_inbox_insert_is_discarded_not_pooled(
-    pg_url: str,
-) -> None:
-    """The raw insert bypasses SQLAlchemy's error handling, so it must discard a connection the
-    database dropped (a restart): the next webhook then gets a fresh one instead of the corpse."""
-    engine = create_engine(DatabaseSettings(url=pg_url))
-    sessions = create_session_factory(engine)
+async def test_a_connection_the_database_dropped_is_replaced_not_reused(pg_url: str) -> None:
+    """The hot paths' raw connections bypass SQLAlchemy's pool: a connection the database
+    dropped (a restart) fails at most the one statement that finds it dead, and the next
+    statement gets a fresh connection instead of the corpse."""
+    store = await PostgresStore.open(pg_url, size=1, counter=StatementCounter())
     now = datetime.now(UTC)
-
-    def event(n: int) -> dict[str, Any]:
-        return {
-            "dedup_key": f"dead-connection-{n}".ljust(64, "x"),
-            "msn": "123456",
-            "event_type": "user.checked-in.v1",
-            "reference": None,
-            "body": "{}",
-            "body_encrypted": False,
-            "event_time": None,
-            "received_at": now,
-            "status": "PENDING",
-            "attempts": 1,
-            "next_attempt_at": now,
-            "last_error": None,
-        }
-
+    lease = now + timedelta(seconds=5)
     try:
-        async with sessions() as session:
-            assert await repo.store_inbox_event(session, event(1)) is not None
-            backend = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert await store.store_inbox([_delivery(1)], now, lease)
+        async with store._pool.acquire() as connection:
+            backend = await connection.fetchval("SELECT pg_backend_pid()")
         admin = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
         try:
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", backend)
+            for _ in range(100):  # until the server has closed it
+                gone = await admin.fetchval(
+                    "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1", backend
+                )
+                if gone:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the terminated backend did not go away")
         finally:
             await admin.close()
-        with pytest.raises((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
-            async with sessions() as session:
-                await repo.store_inbox_event(session, event(2))
-        async with sessions() as session:
-            assert await repo.store_inbox_event(session, event(3)) is not None
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await store.store_inbox([_delivery(2)], now, lease)
+        assert await store.store_inbox([_delivery(3)], now, lease)
+        async with store._pool.acquire() as connection:
+            assert await connection.fetchval("SELECT pg_backend_pid()") != backend
     finally:
-        await engine.dispose()
+        await store.close()
 
 
 async def test_audit_entries_name_the_request_that_caused_them_not_the_first_one(
@@ -250,7 +273,9 @@ async def test_audit_entries_name_the_request_that_caused_them_not_the_first_one
         for msn, till in tills.items():  # the first scan starts the lanes
             checkouts[msn] = await stack.checkout(till, 1500, currency=currencies[msn])
             await stack.scan(till)
-            await payment_sent(stack, till, checkouts[msn]["id"])
+            sent = await payment_sent(stack, till, checkouts[msn]["id"])
+            await stack.approve(sent["reference"])
+            await stack.wait_state(till, checkouts[msn]["id"], "CAPTURED")
         services: Services = stack.app.state.services
         async with services.ctx.sessions() as session:
             entries = list(
@@ -261,5 +286,7 @@ async def test_audit_entries_name_the_request_that_caused_them_not_the_first_one
         by_action = {(e.actor, e.action): e.detail for e in entries}
         scanned = by_action[("vipps:user.checked-in", "customer_scanned")]
         assert scanned.get("endpoint") == "POST /webhooks/vipps/654321"
-        recorded = by_action[("outbox:create_payment", "payment_created")]
+        authorized = by_action[("vipps:AUTHORIZED", "vipps_authorized")]
+        assert authorized.get("endpoint") == "POST /webhooks/vipps/654321"
+        recorded = by_action[("outbox:capture", "capture_succeeded")]
         assert "endpoint" not in recorded
