@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped
 
 ROWS = 1000
 metadata = MetaData()
@@ -57,7 +58,7 @@ async def _cpu_per_call(label: str, n: int, call: Callable[[int], Awaitable[obje
     for i in range(n):
         await call(i)
     per_call = (time.process_time() - started) / n * 1e6
-    print(f"{label:<44} {per_call:8.1f} µs CPU per call")
+    sys.stdout.write(f"{label:<44} {per_call:8.1f} µs CPU per call\n")
     return per_call
 
 

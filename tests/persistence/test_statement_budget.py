@@ -118,7 +118,6 @@ async def test_a_basket_first_sale_with_automatic_capture_stays_within_budget(
     before = counter.snapshot()
     sold = await _basket_first_sale(stack, pg_url, till)
     cost = _since(counter, before)
-    print(f"basket-first sale: {cost.statements} statements, {cost.transactions} transactions")
     assert sold["capturedAmount"] == 12900
     assert cost.statements <= SALE_STATEMENTS, cost
     assert cost.transactions <= SALE_TRANSACTIONS, cost
@@ -147,7 +146,6 @@ async def test_a_scan_first_sale_stays_within_budget(stack: Stack, pg_url: str) 
     checkout = await _long_poll(stack, till, checkout, lambda c: c["state"] == "CAPTURED")
     await _quiet(stack, pg_url, checkout["reference"], "epayments.payment.captured.v1")
     cost = _since(counter, before)
-    print(f"scan-first sale: {cost.statements} statements, {cost.transactions} transactions")
     assert checkout["capturedAmount"] == 5000
     assert cost.statements <= SALE_STATEMENTS, cost
     assert cost.transactions <= SALE_TRANSACTIONS, cost
@@ -167,6 +165,5 @@ async def test_a_refund_stays_within_budget(stack: Stack, pg_url: str) -> None:
     assert response.json()["refundedAmount"] == 4900
     await _quiet(stack, pg_url, sold["reference"], "epayments.payment.refunded.v1")
     cost = _since(counter, before)
-    print(f"refund: {cost.statements} statements, {cost.transactions} transactions")
     assert cost.statements <= REFUND_STATEMENTS, cost
     assert cost.transactions <= REFUND_TRANSACTIONS, cost

@@ -14,8 +14,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from app.domain.statuses import InboxStatus
 from app.models import AuditEntry, InboxEvent, OutboxCommand
