@@ -355,3 +355,7 @@ class Saved:
 
 class RevisionConflict(Exception):
     """The till changed since the decision was made: load again and decide again."""
+
+    def __init__(self, till_id: str) -> None:
+        super().__init__(f"till {till_id} changed since the decision was made")
+        self.till_id = till_id

@@ -27,6 +27,7 @@ import json
 import re
 import secrets
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -262,6 +263,10 @@ class _Draft:
 class CheckoutService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+        # Per-till locks of this process, for decisions that lost a race (see _optimistic).
+        self._till_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # ---- the one place decisions are made -----------------------------------------------------
 
@@ -553,13 +558,28 @@ class CheckoutService:
         return saved
 
     async def _optimistic(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt`` (load, decide, save) until its save finds the till unchanged."""
-        for _ in range(MAX_ATTEMPTS - 1):
-            try:
-                return await attempt()
-            except RevisionConflict:
-                self.ctx.metrics.count_save_conflict()
-        return await attempt()
+        """Run ``attempt`` (load, decide, save) until its save finds the till unchanged.
+
+        The first attempt takes no lock. Once it lost a race, the retries of this process take
+        the till's local lock, so decisions of one process about one till queue instead of
+        racing each other again; only another process can still make one of them retry. The
+        lock is held for a load and a save — never across a call to Vipps.
+        """
+        try:
+            return await attempt()
+        except RevisionConflict as conflict:
+            self.ctx.metrics.count_save_conflict()
+            till_id = conflict.till_id
+        lock = self._till_locks.get(till_id)
+        if lock is None:
+            lock = self._till_locks[till_id] = asyncio.Lock()
+        async with lock:
+            for _ in range(MAX_ATTEMPTS - 2):
+                try:
+                    return await attempt()
+                except RevisionConflict:
+                    self.ctx.metrics.count_save_conflict()
+            return await attempt()
 
     # ---- applying events to existing checkouts ------------------------------------------------
 
