@@ -76,6 +76,7 @@ def create_app(
         )
         app.state.services = services
         app.state.statements = store.counter
+        metrics.watch_database(store.counter)
         app.state.club = club
         app.state.settings = settings
         app.state.metrics = metrics

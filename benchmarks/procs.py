@@ -113,7 +113,12 @@ class Proc:
         with (self.log_dir / f"{self.name}.log").open("ab") as log:
             started = time.perf_counter()
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
-                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: stop() reaches its worker processes
             )
         if self.cpu is not None:
             pin(self.process.pid, self.cpu)
@@ -145,20 +150,37 @@ class Proc:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
 
 
-def service_proc(log_dir: Path, database_url: str, sim_url: str, port: int | None = None) -> Proc:
+def service_proc(
+    log_dir: Path, database_url: str, sim_url: str, port: int | None = None, *, workers: int = 1
+) -> Proc:
+    """The service as ``vipps-pos serve``. One worker process is pinned like the baselines;
+    several are left to the scheduler (they are meant to use every core)."""
     port = port or free_port()
     argv = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--no-migrate"]
+    argv += ["--port", str(port), "--no-migrate", "--workers", str(workers)]
     env = service_environment(database_url, sim_url, f"http://127.0.0.1:{port}/webhooks/vipps")
-    return Proc("service", argv, port, log_dir, env=env)
+    name = "service" if workers == 1 else f"service-{workers}-workers"
+    return Proc(name, argv, port, log_dir, cpu=SERVER_CPU if workers == 1 else None, env=env)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (the worker processes of ``serve --workers N``)."""
+    import psutil
+
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [pid]
 
 
 def simulator_proc(log_dir: Path) -> Proc:

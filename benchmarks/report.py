@@ -157,6 +157,27 @@ def markdown(data: dict[str, Any], plot_name: str) -> str:
             "",
             *_phases_table(r["open"]),
             "",
+            f"Database round trips per sale (the service's own counts, `/metrics`, closed loop, "
+            f"all work included): {r['statementsPerSale']['median']:.1f} statements "
+            f"({r['statementsPerSale']['min']:.1f}–{r['statementsPerSale']['max']:.1f}) in "
+            f"{r['transactionsPerSale']['median']:.1f} transactions. Service CPU per sale "
+            f"{r['serviceCpuMsPerSale']['median']:.1f} ms; in the same closed loop the "
+            f"simulator used {r['simulatorCpuPercent']['median']:.0f} % of a core for "
+            f"`bare-vipps` and the load generator {r['loadgenCpuPercent']['median']:.0f} % "
+            "for the service's sales.",
+            "",
+        ]
+    if "workers" in results:
+        r = results["workers"]
+        out += [
+            "## 7 Two worker processes",
+            "",
+            "The closed-loop checkouts of benchmark 3 against `vipps-pos serve --workers 2` "
+            "(same database, same port; not pinned). One process in the same run: "
+            f"{r['oneWorkerThroughput']['median']:.1f}/s.",
+            "",
+            *_runs_table(r["runs"]),
+            "",
         ]
     if "scale" in results:
         r = results["scale"]

@@ -1,7 +1,7 @@
 """``make bench``: start Postgres-backed service, simulator and baselines; run the benchmarks;
 write ``benchmarks/results/<date>-<commit>.json``, ``.md`` and ``.png``.
 
-``python -m benchmarks.run [--quick] [--only ingest,slow,scan,checkouts,scale,footprint]
+``python -m benchmarks.run [--quick] [--only ingest,slow,scan,checkouts,workers,scale,footprint]
 [--out DIR] [--no-fsync]``
 """
 
@@ -24,8 +24,14 @@ from benchmarks.fixtures import SERVICE_MSN, Signer, SimulatorApi
 from benchmarks.http import HttpPool
 
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-ORDER = ("ingest", "slow", "scan", "checkouts", "scale", "footprint")
-NEEDS = {"slow": "ingest", "footprint": "checkouts", "checkouts": "scan", "scale": "checkouts"}
+ORDER = ("ingest", "slow", "scan", "checkouts", "workers", "scale", "footprint")
+NEEDS = {
+    "slow": "ingest",
+    "footprint": "checkouts",
+    "checkouts": "scan",
+    "workers": "checkouts",
+    "scale": "checkouts",
+}
 
 
 def log(message: str) -> None:
@@ -136,6 +142,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "slow": ("6 slow provider", scenarios.bench_slow_provider),
             "scan": ("2 scan to payment request", scenarios.bench_scan_to_request),
             "checkouts": ("3 full checkouts", scenarios.bench_checkouts),
+            "workers": ("7 two worker processes", scenarios.bench_workers),
             "scale": ("4 scale", scenarios.bench_scale),
             "footprint": ("5 footprint", scenarios.bench_footprint),
         }

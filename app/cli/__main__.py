@@ -2,4 +2,7 @@
 
 from app.cli import main
 
-main()
+# Guarded: ``serve --workers N`` starts its processes with multiprocessing's "spawn", which
+# imports this module again in each of them (as ``__mp_main__``); it must not run the CLI there.
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
+
+from app.persistence.counters import StatementCounter
 
 __all__ = [
     "DEFAULT_MAX_STORES",
@@ -328,6 +331,10 @@ class Metrics:
         self.queue_oldest_age.labels(queue="inbox").set(stats.inbox_oldest_age_seconds or 0.0)
         self.queue_oldest_age.labels(queue="outbox").set(stats.outbox_oldest_age_seconds or 0.0)
 
+    def watch_database(self, counter: StatementCounter) -> None:
+        """Expose the database statement counts (read when scraped: nothing per statement)."""
+        self.registry.register(_DatabaseCollector(counter))
+
     def count_save_conflict(self) -> None:
         self.save_conflicts.inc()
 
@@ -408,3 +415,23 @@ class Metrics:
 def _require_aware(value: datetime, name: str) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware")
+
+
+class _DatabaseCollector:
+    """``vipps_pos_db_statements_total`` / ``vipps_pos_db_transactions_total`` of this process."""
+
+    def __init__(self, counter: StatementCounter) -> None:
+        self.counter = counter
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        statements, transactions = self.counter.snapshot()
+        yield CounterMetricFamily(
+            "vipps_pos_db_statements",
+            "Database statements this process sent (each is one round trip).",
+            value=statements,
+        )
+        yield CounterMetricFamily(
+            "vipps_pos_db_transactions",
+            "Units of work this process committed (an autocommit write or BEGIN … COMMIT).",
+            value=transactions,
+        )

@@ -6,6 +6,7 @@ can run two replicas on one database, kill one with SIGKILL and start it again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,6 +75,9 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     public_url: str | None = None  # the webhook URL registered at Vipps (default: this replica)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Worker processes (``serve --workers``); one unless a test is about several, as the tests
+    # stop and kill a replica by its own PID.
+    workers: int = 1
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -112,11 +116,15 @@ class ServiceProcess:
                 "--port",
                 str(self.port),
                 "--no-migrate",
+                "--workers",
+                str(self.workers),
             ],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own process group, so that stopping it stops its worker processes too.
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -133,9 +141,17 @@ class ServiceProcess:
         raise TimeoutError(f"{self.name} not ready after {timeout}s: see {self.log_path}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the service's whole process group (its worker processes too, which a killed
+        parent would otherwise leave running) and wait for the parent to end."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
