@@ -82,11 +82,13 @@ async def test_a_save_decided_on_an_old_revision_writes_nothing(database_url: st
                 now,
             )
         after = await store.read_checkout(created["id"])
-        assert after is not None and after.club_note == "first"
+        assert after is not None
+        assert after.club_note == "first"
         assert await _count(services, CheckoutChange) == changes
         assert await _count(services, OutboxCommand) == commands
         reloaded = await store.load_checkout(created["id"])
-        assert reloaded is not None and reloaded.till.revision == stale + 1
+        assert reloaded is not None
+        assert reloaded.till.revision == stale + 1
 
 
 async def test_a_second_active_checkout_for_a_till_is_refused_by_the_database(
@@ -175,4 +177,5 @@ async def test_decisions_racing_on_one_till_all_land_in_one_unbroken_chain(
             last = await session.scalar(
                 select(func.max(AuditEntry.seq)).where(AuditEntry.chain == till.id)
             )
-        assert till is not None and till.audit_seq == last
+        assert till is not None
+        assert till.audit_seq == last
