@@ -21,9 +21,9 @@ from app.api.schemas import (
     WebhookRegistrationOut,
 )
 from app.domain.state_machine import CheckoutState
+from app.domain.statuses import InboxStatus
 from app.errors import PROBLEM_JSON
 
-InboxStatus = Literal["PENDING", "PROCESSED", "UNMATCHED", "FAILED"]  # models.InboxEvent.status
 router = APIRouter(prefix="/api/v1", tags=["operators"])
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     401: {"content": {PROBLEM_JSON: {}}, "description": "Missing or unknown credential."},

@@ -83,7 +83,9 @@ class TillService:
         async with self.ctx.sessions() as session:
             till = await repo.get_till_by_key_id(session, key_id)
         credential = (
-            TillCredential(till.id, till.api_key_id, till.api_key_hash, till.status == "ACTIVE")
+            TillCredential(
+                till.id, till.api_key_id, till.api_key_hash, till.status is TillStatus.ACTIVE
+            )
             if till is not None
             else None
         )

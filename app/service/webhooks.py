@@ -294,7 +294,7 @@ def _check_no_foreign_checkin(msn: str, url: str, at_vipps: Sequence[Webhook]) -
 
 
 def _expired(row: WebhookRegistration, now: datetime) -> bool:
-    if row.status == "RETIRING":
+    if row.status is RegistrationStatus.RETIRING:
         return row.retired_at is None or now - row.retired_at >= RETIRED_SECRET_GRACE
     if row.status == REGISTERING:
         return now - row.created_at >= RETIRED_SECRET_GRACE

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -71,7 +71,7 @@ _MUTATING = frozenset({"CREATE_PAYMENT", "CAPTURE", "CANCEL", "REFUND"})
 class Result:
     """What to record once the call is over."""
 
-    status: str  # DONE | FAILED | RETRY
+    status: Literal["DONE", "FAILED", "RETRY"]
     event: Event | None = None
     retry_in: float = 0.0
     outcome_unknown: bool = False
