@@ -289,6 +289,7 @@ def test_series_stay_bounded_with_100000_tills():
         + histogram(12)  # one webhook event type
         + 50  # last webhook per MSN
         + 4  # queue gauges
+        + 2  # save conflicts (_total and _created)
     )
     assert series_count(metrics) == expected
     assert series_count(metrics) < 100_000 / 2
