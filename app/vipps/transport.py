@@ -22,7 +22,6 @@ timeouts add up to it.
 
 from __future__ import annotations
 
-import asyncio
 
 import aiohttp
 import httpx
@@ -86,7 +85,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
         except aiohttp.ClientConnectorError as exc:  # no connection could be made
             raise httpx.ConnectError(str(exc) or "connect failed", request=request) from exc
-        except (aiohttp.SocketTimeoutError, asyncio.TimeoutError) as exc:
+        except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
             raise httpx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
         except aiohttp.ClientResponseError as exc:  # a malformed answer: it was sent
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
