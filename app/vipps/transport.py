@@ -22,7 +22,6 @@ timeouts add up to it.
 
 from __future__ import annotations
 
-
 import aiohttp
 import httpx
 
