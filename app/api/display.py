@@ -47,15 +47,16 @@ from app.api.deps import (
     TillScope,
     issue_display_token,
 )
+from app.api.routing import TextCheckedRoute, problems
 from app.api.schemas import ApiModel, Money
 from app.domain.state_machine import CheckoutState
-from app.errors import PROBLEM_JSON, ApiProblem
+from app.errors import ApiProblem
 from app.models import Checkout
 from app.service.errors import TillInactive
 
 log = structlog.get_logger("app.display")
 
-router = APIRouter(tags=["till display"])
+router = APIRouter(tags=["till display"], route_class=TextCheckedRoute)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _ASSETS = {
@@ -77,9 +78,12 @@ _PAGE_HEADERS = {
         "connect-src 'self'; base-uri 'none'; form-action 'none'"
     ),
 }
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"content": {PROBLEM_JSON: {}}, "description": "No valid display token (`unauthorized`)."}
-}
+_UNAUTHORIZED = problems(
+    {
+        401: "No valid display token (`unauthorized`).",
+        429: "Too many requests from this display (`rate_limited`).",
+    }
+)
 
 
 class DisplayTokenRequest(ApiModel):
@@ -269,11 +273,16 @@ def _set_display_cookie(
     "/api/v1/tills/{till_id}/display-token",
     status_code=201,
     response_model=DisplayTokenOut,
-    responses={
-        401: {"content": {PROBLEM_JSON: {}}, "description": "Missing or unknown API key."},
-        403: {"content": {PROBLEM_JSON: {}}, "description": "The key belongs to another till."},
-        409: {"content": {PROBLEM_JSON: {}}, "description": "The till is deactivated."},
-    },
+    responses=problems(
+        {
+            401: "Missing, unknown or revoked API key (`unauthorized`).",
+            403: "The key belongs to another till (`forbidden`).",
+            404: "No such till (`till_not_found`).",
+            409: "The till is deactivated (`till_inactive`).",
+            422: "Invalid request; `errors` names each field (`validation_error`).",
+            429: "Too many requests from this till (`rate_limited`).",
+        }
+    ),
     summary="Issue a read-only display token and the URL of the till's customer display",
 )
 async def issue_token(
