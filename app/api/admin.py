@@ -22,6 +22,8 @@ from app.api.schemas import (
     WebhookRegistrationOut,
 )
 from app.domain.state_machine import CheckoutState
+from app.errors import ApiProblem
+from app.service.qr_sheet import render_pdf, render_svg, store_labels
 
 InboxStatus = Literal["PENDING", "PROCESSED", "UNMATCHED", "FAILED"]  # models.InboxEvent.status
 router = APIRouter(prefix="/api/v1", tags=["operators"], route_class=TextCheckedRoute)
@@ -142,6 +144,54 @@ async def till_qr(
     image = await services.tills.qr_image(till_id, format, scale=scale)
     media = "image/svg+xml" if format == "svg" else "image/png"
     return Response(image, media_type=media, headers={"Cache-Control": "max-age=300"})
+
+
+@router.get(
+    "/stores/{store_id}/qr-sheet",
+    responses={
+        200: {
+            "content": {"application/pdf": {}, "image/svg+xml": {}},
+            "description": "A4 sheet(s) of the store's active tills' QR codes with cut marks. "
+            "`X-Missing-Tills` lists tills whose QR Vipps could not give now (comma-separated).",
+        },
+        **problems(
+            {
+                **_OPERATOR,
+                404: "The store has no active till (`not_found`).",
+                503: "Vipps gave no QR of the store's tills (`vipps_unavailable`).",
+            }
+        ),
+    },
+    summary="Print-ready QR sheet of a store (the CLI's `qr sheet`)",
+)
+async def store_qr_sheet(
+    store_id: str,
+    services: ServicesDep,
+    _: AdminDep,
+    format: Literal["pdf", "svg"] = "pdf",
+) -> Response:
+    sheet = await store_labels(services.tills, store_id)
+    if not sheet.labels and not sheet.failures:
+        raise ApiProblem(404, "not_found", f"store {store_id} has no active tills")
+    if not sheet.labels:
+        raise ApiProblem(
+            503,
+            "vipps_unavailable",
+            "Vipps gave no QR of this store's tills: "
+            + "; ".join(f"{till}: {reason}" for till, reason in sheet.failures),
+        )
+    render = render_pdf if format == "pdf" else render_svg
+    headers = {
+        "Content-Disposition": f'attachment; filename="{store_id}-qr.{format}"',
+        "Cache-Control": "no-store",
+    }
+    if sheet.failures:
+        headers["X-Missing-Tills"] = ",".join(till for till, _ in sheet.failures)
+    return Response(
+        render(sheet.labels, heading=sheet.store_name),
+        media_type="application/pdf" if format == "pdf" else "image/svg+xml",
+        headers=headers,
+    )
 
 
 @router.put(

@@ -30,7 +30,6 @@ from sqlalchemy.engine import make_url
 
 from app.api.schemas import CheckoutOut, TillOut, WebhookRegistrationOut
 from app.cli.core import _settings
-from app.cli.qr_sheet import QrLabel, render_pdf, render_svg
 from app.domain.state_machine import CheckoutState
 from app.observability.logging import configure_logging
 from app.service import Services
@@ -38,6 +37,7 @@ from app.service.bootstrap import open_services
 from app.service.drift import DriftReport, DriftService
 from app.service.errors import ServiceError, TillExists
 from app.service.health import readiness
+from app.service.qr_sheet import SheetLabels, render_pdf, render_svg, store_labels
 from app.service.reports import (
     DEFAULT_TIMEZONE,
     EndOfDayReports,
@@ -449,15 +449,11 @@ def qr_sheet(
     if sheet_format not in ("pdf", "svg"):
         raise typer.BadParameter("--format must be pdf or svg")
 
-    async def work(services: Services) -> tuple[str, list[QrLabel], list[tuple[str, str]]]:
-        try:
-            store_name = (await services.tills.get_store(store)).name
-        except ServiceError:
-            store_name = store
-        labels, failures = await sheet_labels(services, store, store_name)
-        return store_name, labels, failures
+    async def work(services: Services) -> SheetLabels:
+        return await store_labels(services.tills, store)
 
-    store_name, labels, failures = _run(work)
+    sheet = _run(work)
+    store_name, labels, failures = sheet.store_name, sheet.labels, sheet.failures
     for till_id, reason in failures:
         typer.echo(f"error: till {till_id}: {reason}", err=True)
     if not labels:
@@ -481,36 +477,6 @@ def qr_sheet(
         typer.echo(f"wrote {plural(len(labels), 'QR code')} to {output}")
     if failures:
         raise typer.Exit(1)
-
-
-async def sheet_labels(
-    services: Services, store: str, store_name: str
-) -> tuple[list[QrLabel], list[tuple[str, str]]]:
-    """Labels of the store's active tills, and (till, reason) for each whose QR Vipps cannot
-    give us now: one till never stops the sheet of the others."""
-    labels: list[QrLabel] = []
-    failures: list[tuple[str, str]] = []
-    for till in await services.tills.list(store_id=store, status="ACTIVE"):
-        if not till.qr_content:
-            try:
-                await services.tills.qr_image(till.id, "svg")  # fetches and keeps the content
-            except (ServiceError, VippsError) as exc:
-                reason = exc.detail if isinstance(exc, ServiceError) else str(exc)
-                failures.append((till.id, f"no QR content from Vipps ({reason})"))
-                continue
-            till = await services.tills.get(till.id)
-        if not till.qr_content:
-            failures.append((till.id, "Vipps has no QR content for this till"))
-            continue
-        labels.append(
-            QrLabel(
-                qr_content=till.qr_content,
-                title=till.location_description,
-                subtitle=store_name if store_name == store else f"{store_name} ({store})",
-                caption=f"till {till.id} · MSN {till.msn}",
-            )
-        )
-    return labels, failures
 
 
 # ---- webhooks ---------------------------------------------------------------------------------
