@@ -458,7 +458,7 @@ def qr_sheet(
         typer.echo(f"error: till {till_id}: {reason}", err=True)
     if not labels:
         fail(
-            f"store {store} has no active till with a QR to print"
+            f"store {store} has no active tills"
             if not failures
             else f"no QR of store {store} could be rendered"
         )
