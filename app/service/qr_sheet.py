@@ -171,15 +171,15 @@ def render_pdf(labels: Sequence[QrLabel], *, heading: str) -> bytes:
             pdf.rect(left + rx * module, top + ry * module, length * module, module, style="F")
         text_left, text_width = x + 4, CELL_W - 8
         pdf.set_text_color(0)
-        for text, style, size, drop in (
-            (CALL_TO_ACTION, "B", 10, 5.0),
-            (label.title, "B", 11, 11.0),
+        for text, style, points, drop in (
+            (CALL_TO_ACTION, "B", 10.0, 5.0),
+            (label.title, "B", 11.0, 11.0),
             (label.subtitle, "", 8.5, 15.5),
-            (label.caption, "", 7, 19.5),
+            (label.caption, "", 7.0, 19.5),
         ):
             if text is label.caption:
                 pdf.set_text_color(90)
-            pdf.text(text_left, top + QR_SIZE + drop, _fitted(pdf, text, text_width, style, size))
+            pdf.text(text_left, top + QR_SIZE + drop, _fitted(pdf, text, text_width, style, points))
     pdf.page = pages
     return bytes(pdf.output())
 
