@@ -358,12 +358,17 @@ class Demo:
         return len(self.failures)
 
 
-def run_demo(*, keep_running: bool = False) -> int:
+def run_demo(
+    *, keep_running: bool = False, port: int | None = None, sim_port: int | None = None
+) -> int:
+    """The scenarios on SQLite + the simulator. ``port``/``sim_port``: where the service and
+    the simulator listen (default 8000 and 8081, or free ports when those are taken)."""
     if DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
     DEMO_DIR.mkdir(parents=True)
     database_url = f"sqlite+aiosqlite:///{DEMO_DIR / 'demo.db'}"
-    service_port, sim_port = _port(8000), _port(8081)
+    service_port = port if port is not None else _port(8000)
+    sim_port = sim_port if sim_port is not None else _port(8081)
     service_url = f"http://127.0.0.1:{service_port}"
     simulator = BackgroundServer(
         create_simulator_app(SimulatorConfig(strict=True, ciba_interval_seconds=1)), port=sim_port
