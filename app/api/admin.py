@@ -209,6 +209,7 @@ async def put_store(
         club_policy=body.club_policy,
         member_price_hold=body.member_price_hold,
         member_price_hold_seconds=body.member_price_hold_seconds,
+        display_language=body.display_language,
         actor=admin.actor,
     )
     return StoreOut.of(store)

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, assert_never
+from typing import Annotated, Any, Literal, assert_never
 
 import orjson
 import structlog
@@ -127,11 +127,39 @@ class DisplayTokenOut(ApiModel):
     )
 
 
+DISPLAY_LANGUAGES = ("nb", "da", "fi", "en")
+# Accept-Language primary tags → the display's language (Norwegian in any written form: bokmål).
+_LANGUAGE_OF_TAG = {"nb": "nb", "no": "nb", "nn": "nb", "da": "da", "fi": "fi", "en": "en"}
+
+
+def negotiate_language(accept_language: str | None) -> str:
+    """The display language for a browser's ``Accept-Language`` (English when none fits)."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, part in enumerate((accept_language or "").split(",")):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        language = _LANGUAGE_OF_TAG.get(tag.split("-")[0].lower())
+        if language and quality > 0:
+            ranked.append((-quality, position, language))
+    return min(ranked)[2] if ranked else "en"
+
+
 class DisplaySessionOut(ApiModel):
     till_id: str
     location_description: str
     expires_at: datetime = Field(description="When the cookie's token expires; renew before.")
     lifetime_seconds: int
+    language: Literal["nb", "da", "fi", "en"] = Field(
+        description="The page's language: the store's setting, else the browser's "
+        "Accept-Language (Norwegian, Danish, Finnish, else English)."
+    )
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -143,6 +171,7 @@ class DisplaySessionOut(ApiModel):
                     "locationDescription": "Kasse 3",
                     "expiresAt": "2026-01-01T00:00:00Z",
                     "lifetimeSeconds": 900,
+                    "language": "nb",
                 }
             ]
         },
@@ -354,11 +383,15 @@ async def display_session(
     )
     _set_display_cookie(request, response, till.id, token, grant.lifetime_seconds)
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Vary"] = "Accept-Language"
+    store = await services.tills.get_store(till.store_id)
+    language = store.display_language or negotiate_language(request.headers.get("accept-language"))
     return DisplaySessionOut(
         till_id=till.id,
         location_description=till.location_description,
         expires_at=expires,
         lifetime_seconds=grant.lifetime_seconds,
+        language=language if language in DISPLAY_LANGUAGES else "en",
     )
 
 

@@ -523,6 +523,7 @@ class StoreRequest(ApiRequest):
             "clubPolicy": "lookup",
             "memberPriceHold": True,
             "memberPriceHoldSeconds": 30,
+            "displayLanguage": "nb",
         }
     )
 
@@ -530,6 +531,11 @@ class StoreRequest(ApiRequest):
     club_policy: Literal["off", "lookup", "enroll"] | None = None
     member_price_hold: bool | None = None
     member_price_hold_seconds: int | None = Field(default=None, ge=1, le=300)
+    display_language: Literal["nb", "da", "fi", "en", "auto"] | None = Field(
+        default=None,
+        description="Language of the customer display: nb (Norwegian), da (Danish), fi "
+        "(Finnish), en (English), or auto (follow each display's browser, the default).",
+    )
 
 
 class StoreOut(ApiModel):
@@ -540,6 +546,7 @@ class StoreOut(ApiModel):
             "clubPolicy": "lookup",
             "memberPriceHold": True,
             "memberPriceHoldSeconds": 30,
+            "displayLanguage": "nb",
         }
     )
 
@@ -548,6 +555,9 @@ class StoreOut(ApiModel):
     club_policy: str
     member_price_hold: bool
     member_price_hold_seconds: int
+    display_language: str | None = Field(
+        description="nb, da, fi or en; null: each display follows its browser."
+    )
 
     @classmethod
     def of(cls, row: Store) -> StoreOut:
@@ -557,6 +567,7 @@ class StoreOut(ApiModel):
             club_policy=row.club_policy,
             member_price_hold=row.member_price_hold,
             member_price_hold_seconds=row.member_price_hold_seconds,
+            display_language=row.display_language,
         )
 
 

@@ -102,9 +102,13 @@ class TillService:
         club_policy: str | None = None,
         member_price_hold: bool | None = None,
         member_price_hold_seconds: int | None = None,
+        display_language: str | None = None,
         actor: str = "admin",
     ) -> Store:
+        """Create or change a store; ``None`` leaves a setting as it is. ``display_language``
+        ``"auto"`` clears it (the display follows the browser)."""
         now = self.ctx.clock()
+        language = None if display_language == "auto" else display_language
         async with unit_of_work(self.ctx) as work:
             store = await repo.get_store(work.session, store_id)
             if store is None:
@@ -114,11 +118,14 @@ class TillService:
                     club_policy=club_policy or "off",
                     member_price_hold=bool(member_price_hold),
                     member_price_hold_seconds=member_price_hold_seconds or 20,
+                    display_language=language,
                     created_at=now,
                     updated_at=now,
                 )
                 work.session.add(store)
             else:
+                if display_language is not None:
+                    store.display_language = language
                 if name is not None:
                     store.name = name
                 if club_policy is not None:
