@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 
 from app.api.deps import AdminDep, PrincipalDep, ServicesDep, TillScope
-from app.api.routing import TextCheckedRoute, problems
+from app.api.routing import OPERATOR_PROBLEMS, VIPPS_PROBLEMS, TextCheckedRoute, problems
 from app.api.schemas import (
     CheckoutOut,
     EnsureOut,
@@ -27,19 +27,9 @@ from app.service.qr_sheet import render_pdf, render_svg, store_labels
 
 InboxStatus = Literal["PENDING", "PROCESSED", "UNMATCHED", "FAILED"]  # models.InboxEvent.status
 router = APIRouter(prefix="/api/v1", tags=["operators"], route_class=TextCheckedRoute)
-_OPERATOR = {
-    401: "Missing, unknown or revoked credential (`unauthorized`).",
-    403: "Operator credential required (`forbidden`).",
-    422: "Invalid request; `errors` names each field (`validation_error`).",
-}
+_OPERATOR = OPERATOR_PROBLEMS
 _TILL = {**_OPERATOR, 404: "No such till (`till_not_found`)."}
-_VIPPS = {
-    422: "Invalid request (`validation_error`), or our Vipps credentials do not cover the MSN "
-    "(`msn_not_accessible`).",
-    429: "Vipps limits calls (`vipps_rate_limited`); wait `Retry-After` seconds.",
-    502: "Vipps refused the request (`vipps_refused`).",
-    503: "Vipps could not be reached (`vipps_unavailable`).",
-}
+_VIPPS = VIPPS_PROBLEMS
 
 
 @router.post(

@@ -12,25 +12,14 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from app.api.deps import AdminDep, ServicesDep
-from app.api.routing import TextCheckedRoute, problems
+from app.api.routing import OPERATOR_PROBLEMS, VIPPS_PROBLEMS, TextCheckedRoute, problems
 from app.api.schemas import ApiModel, ApiRequest
 from app.service.drift import DriftService
 from app.service.reports import DEFAULT_TIMEZONE, EndOfDayReports, verify_audit_trail
 
 router = APIRouter(prefix="/api/v1", tags=["operators"], route_class=TextCheckedRoute)
-_OPERATOR = {
-    401: "Missing, unknown or revoked credential (`unauthorized`).",
-    403: "Operator credential required (`forbidden`).",
-    422: "Invalid request; `errors` names each field (`validation_error`).",
-}
-_VIPPS = {
-    **_OPERATOR,
-    422: "Invalid request (`validation_error`), or our Vipps credentials do not cover the MSN "
-    "(`msn_not_accessible`).",
-    429: "Vipps limits calls (`vipps_rate_limited`); wait `Retry-After` seconds.",
-    502: "Vipps refused the request (`vipps_refused`).",
-    503: "Vipps could not be reached (`vipps_unavailable`).",
-}
+_OPERATOR = OPERATOR_PROBLEMS
+_VIPPS = {**OPERATOR_PROBLEMS, **VIPPS_PROBLEMS}
 
 
 class DriftRepairRequest(ApiRequest):

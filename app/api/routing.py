@@ -96,3 +96,19 @@ def problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     backticks. The document gives each the ``Problem`` schema and one example per named code
     (app/api/openapi.py)."""
     return {status: {"description": text} for status, text in described.items()}
+
+
+# Error responses shared by the operator routes (app/api/admin.py, reports.py).
+OPERATOR_PROBLEMS: dict[int, str] = {
+    401: "Missing, unknown or revoked credential (`unauthorized`).",
+    403: "Operator credential required (`forbidden`).",
+    422: "Invalid request; `errors` names each field (`validation_error`).",
+}
+# ... and by those that call Vipps on the operator's behalf.
+VIPPS_PROBLEMS: dict[int, str] = {
+    422: "Invalid request (`validation_error`), or our Vipps credentials do not cover the MSN "
+    "(`msn_not_accessible`).",
+    429: "Vipps limits calls (`vipps_rate_limited`); wait `Retry-After` seconds.",
+    502: "Vipps refused the request (`vipps_refused`).",
+    503: "Vipps could not be reached (`vipps_unavailable`).",
+}
