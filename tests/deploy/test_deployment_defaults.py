@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,19 @@ def test_image_and_ci_install_the_pinned_versions() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     for name in re.findall(r'^\s+"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?[<>=]', pyproject, re.MULTILINE):
         assert name.lower().replace("_", "-") in {p.lower() for p in pins}, name
+
+
+def test_make_serve_and_migrate_keep_the_editable_install() -> None:
+    """With the development install present, serve/migrate never run the plain install that
+    would replace it (the image has only the plain one)."""
+    assert (ROOT / ".venv" / ".installed-dev").exists()  # make test installs it
+    planned = subprocess.run(
+        ["make", "-n", "serve", "migrate"],  # noqa: S607
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "vipps-pos serve" in planned
+    assert "vipps-pos migrate" in planned
+    assert "-c constraints.txt ." not in planned.replace("'.[dev]'", "")
