@@ -358,12 +358,17 @@ class Demo:
         return len(self.failures)
 
 
-def run_demo(*, keep_running: bool = False) -> int:
+def run_demo(
+    *, keep_running: bool = False, port: int | None = None, sim_port: int | None = None
+) -> int:
+    """The scenarios on SQLite + the simulator. ``port``/``sim_port``: where the service and
+    the simulator listen (default 8000 and 8081, or free ports when those are taken)."""
     if DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
     DEMO_DIR.mkdir(parents=True)
     database_url = f"sqlite+aiosqlite:///{DEMO_DIR / 'demo.db'}"
-    service_port, sim_port = _port(8000), _port(8081)
+    service_port = port if port is not None else _port(8000)
+    sim_port = sim_port if sim_port is not None else _port(8081)
     service_url = f"http://127.0.0.1:{service_port}"
     simulator = BackgroundServer(
         create_simulator_app(SimulatorConfig(strict=True, ciba_interval_seconds=1)), port=sim_port
@@ -402,7 +407,7 @@ def run_demo(*, keep_running: bool = False) -> int:
             console.print(f"  [bold red]{failures} scenario(s) failed[/]")
         else:
             console.print("  [bold green]all scenarios ended as expected[/]")
-        _where_to_look(service.url, simulator.url, demo.till)
+        _where_to_look(service.url, simulator.url)
         if keep_running:
             console.print("\n  Service and simulator keep running; Ctrl-C stops them.")
             try:
@@ -416,19 +421,12 @@ def run_demo(*, keep_running: bool = False) -> int:
         simulator.stop()
 
 
-def _where_to_look(service_url: str, sim_url: str, till: dict[str, Any]) -> None:
+def _where_to_look(service_url: str, sim_url: str) -> None:
     console.rule("[bold]Where to look")
     console.print(f"  API docs (OpenAPI):      {service_url}/docs")
     console.print(f"  Simulator controls:      {sim_url}/_sim/docs")
     console.print("  POS integration guide:   docs/integration.md")
-    console.print("  The same by hand (run `vipps-pos demo --keep-running` first):")
-    key = till.get("apiKey", "<till API key>")
     console.print(
-        f"""[dim]
-    curl -s -X POST {service_url}/api/v1/tills/kasse-1/checkouts \\
-         -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
-         -d '{{"amount": 12900, "currency": "NOK", "description": "Kjøp Kasse 1"}}'
-    curl -s -X POST {sim_url}/_sim/qr/{till.get("merchantQrId", "<merchantQrId>")}/scan
-    curl -s '{service_url}/api/v1/checkouts/<id>?wait=10' -H 'Authorization: Bearer {key}'
-    curl -s -X POST {sim_url}/_sim/payments/<reference>/approve[/dim]"""
+        "  One sale by hand with curl (with `vipps-pos demo --keep-running` running):\n"
+        f"    [dim]S={service_url} SIM={sim_url} bash docs/walkthrough.sh[/dim]"
     )

@@ -17,6 +17,7 @@ import structlog
 from fastapi import FastAPI
 
 from app.api.middleware import CorrelationMiddleware
+from app.api.openapi import install_openapi, operation_id, package_version
 from app.crypto import SecretBox
 from app.db import create_engine, create_session_factory
 from app.errors import install_problem_handlers
@@ -130,15 +131,19 @@ def create_app(
 
     app = FastAPI(
         title="vipps-pos",
-        version="1.0.0",
+        version=package_version(),
         summary="In-store payments with Vipps MobilePay merchant callback QR.",
         description=(
             "Cash registers drive payments over `/api/v1`; Vipps MobilePay calls "
             "`/webhooks/vipps/{msn}`. Errors are RFC 7807 problem+json with a stable `code`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by install_openapi from the package's files, not a CDN
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     install_problem_handlers(app)
+    install_openapi(app)
 
     # Request id, audit endpoint name and HTTP metrics (a plain ASGI middleware: see its module).
     app.add_middleware(CorrelationMiddleware)

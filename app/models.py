@@ -89,6 +89,8 @@ class Store(Base):
     )
     member_price_hold: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     member_price_hold_seconds: Mapped[int] = mapped_column(Integer, server_default="20")
+    # Customer display language: nb | da | fi | en; NULL follows the browser's Accept-Language.
+    display_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), server_default=func.now())
 

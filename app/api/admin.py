@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
 from app.api.deps import AdminDep, PrincipalDep, ServicesDep, TillScope
+from app.api.routing import OPERATOR_PROBLEMS, VIPPS_PROBLEMS, TextCheckedRoute, problems
 from app.api.schemas import (
     CheckoutOut,
     EnsureOut,
@@ -22,22 +23,20 @@ from app.api.schemas import (
 )
 from app.domain.state_machine import CheckoutState
 from app.domain.statuses import InboxStatus
-from app.errors import PROBLEM_JSON
+from app.errors import ApiProblem
+from app.service.qr_sheet import render_pdf, render_svg, store_labels
 
-router = APIRouter(prefix="/api/v1", tags=["operators"])
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"content": {PROBLEM_JSON: {}}, "description": "Missing or unknown credential."},
-    403: {"content": {PROBLEM_JSON: {}}, "description": "Operator credential required."},
-    404: {"content": {PROBLEM_JSON: {}}, "description": "Not found."},
-    409: {"content": {PROBLEM_JSON: {}}, "description": "Conflict (e.g. `till_exists`)."},
-}
+router = APIRouter(prefix="/api/v1", tags=["operators"], route_class=TextCheckedRoute)
+_OPERATOR = OPERATOR_PROBLEMS
+_TILL = {**_OPERATOR, 404: "No such till (`till_not_found`)."}
+_VIPPS = VIPPS_PROBLEMS
 
 
 @router.post(
     "/tills",
     status_code=201,
     response_model=NewTillOut,
-    responses=_PROBLEMS,
+    responses=problems({**_OPERATOR, 409: "A till with this id exists (`till_exists`)."}),
     summary="Register a till: creates its merchant callback QR at Vipps; returns its API key once",
 )
 async def register_till(
@@ -53,7 +52,9 @@ async def register_till(
     return NewTillOut(**TillOut.of(new.till).model_dump(), api_key=new.api_key)
 
 
-@router.get("/tills", response_model=list[TillOut], responses=_PROBLEMS, summary="List tills")
+@router.get(
+    "/tills", response_model=list[TillOut], responses=problems(_OPERATOR), summary="List tills"
+)
 async def list_tills(
     services: ServicesDep,
     _: AdminDep,
@@ -63,13 +64,20 @@ async def list_tills(
     return [TillOut.of(t) for t in await services.tills.list(store_id=store_id, status=status)]
 
 
-@router.get("/tills/{till_id}", response_model=TillOut, responses=_PROBLEMS, summary="One till")
+@router.get(
+    "/tills/{till_id}",
+    response_model=TillOut,
+    responses=problems(
+        {**_TILL, 403: "The key belongs to another till, or is no operator key (`forbidden`)."}
+    ),
+    summary="One till",
+)
 async def get_till(till_id: TillScope, services: ServicesDep) -> TillOut:
     return TillOut.of(await services.tills.get(till_id))
 
 
 @router.patch(
-    "/tills/{till_id}", response_model=TillOut, responses=_PROBLEMS, summary="Update a till"
+    "/tills/{till_id}", response_model=TillOut, responses=problems(_TILL), summary="Update a till"
 )
 async def update_till(
     till_id: str, body: UpdateTillRequest, services: ServicesDep, admin: AdminDep
@@ -83,7 +91,7 @@ async def update_till(
 @router.post(
     "/tills/{till_id}/deactivate",
     response_model=TillOut,
-    responses=_PROBLEMS,
+    responses=problems(_TILL),
     summary="Deactivate a till and delete its QR at Vipps",
 )
 async def deactivate_till(till_id: str, services: ServicesDep, admin: AdminDep) -> TillOut:
@@ -93,7 +101,7 @@ async def deactivate_till(till_id: str, services: ServicesDep, admin: AdminDep) 
 @router.post(
     "/tills/{till_id}/api-key",
     response_model=NewTillOut,
-    responses=_PROBLEMS,
+    responses=problems(_TILL),
     summary="Issue a new API key for the till; the old one stops working at once",
 )
 async def rotate_till_key(till_id: str, services: ServicesDep, admin: AdminDep) -> NewTillOut:
@@ -105,7 +113,15 @@ async def rotate_till_key(till_id: str, services: ServicesDep, admin: AdminDep) 
     "/tills/{till_id}/qr",
     responses={
         200: {"content": {"image/svg+xml": {}, "image/png": {}}, "description": "The QR"},
-        **_PROBLEMS,
+        **problems(
+            {
+                **_TILL,
+                403: "The key belongs to another till (`forbidden`).",
+                **_VIPPS,
+                422: "Invalid request (`validation_error`), or our Vipps credentials do not "
+                "cover the till's MSN (`msn_not_accessible`).",
+            }
+        ),
     },
     summary="The till's QR image, ready to print or show (SVG or PNG)",
 )
@@ -120,10 +136,58 @@ async def till_qr(
     return Response(image, media_type=media, headers={"Cache-Control": "max-age=300"})
 
 
+@router.get(
+    "/stores/{store_id}/qr-sheet",
+    responses={
+        200: {
+            "content": {"application/pdf": {}, "image/svg+xml": {}},
+            "description": "A4 sheet(s) of the store's active tills' QR codes with cut marks. "
+            "`X-Missing-Tills` lists tills whose QR Vipps could not give now (comma-separated).",
+        },
+        **problems(
+            {
+                **_OPERATOR,
+                404: "The store has no active till (`not_found`).",
+                503: "Vipps gave no QR of the store's tills (`vipps_unavailable`).",
+            }
+        ),
+    },
+    summary="Print-ready QR sheet of a store (the CLI's `qr sheet`)",
+)
+async def store_qr_sheet(
+    store_id: str,
+    services: ServicesDep,
+    _: AdminDep,
+    format: Literal["pdf", "svg"] = "pdf",
+) -> Response:
+    sheet = await store_labels(services.tills, store_id)
+    if not sheet.labels and not sheet.failures:
+        raise ApiProblem(404, "not_found", f"store {store_id} has no active tills")
+    if not sheet.labels:
+        raise ApiProblem(
+            503,
+            "vipps_unavailable",
+            "Vipps gave no QR of this store's tills: "
+            + "; ".join(f"{till}: {reason}" for till, reason in sheet.failures),
+        )
+    render = render_pdf if format == "pdf" else render_svg
+    headers = {
+        "Content-Disposition": f'attachment; filename="{store_id}-qr.{format}"',
+        "Cache-Control": "no-store",
+    }
+    if sheet.failures:
+        headers["X-Missing-Tills"] = ",".join(till for till, _ in sheet.failures)
+    return Response(
+        render(sheet.labels, heading=sheet.store_name),
+        media_type="application/pdf" if format == "pdf" else "image/svg+xml",
+        headers=headers,
+    )
+
+
 @router.put(
     "/stores/{store_id}",
     response_model=StoreOut,
-    responses=_PROBLEMS,
+    responses=problems(_OPERATOR),
     summary="Create or update a store and its customer-club policy",
 )
 async def put_store(
@@ -135,12 +199,17 @@ async def put_store(
         club_policy=body.club_policy,
         member_price_hold=body.member_price_hold,
         member_price_hold_seconds=body.member_price_hold_seconds,
+        display_language=body.display_language,
         actor=admin.actor,
     )
     return StoreOut.of(store)
 
 
-@router.get("/stores/{store_id}", response_model=StoreOut, responses=_PROBLEMS)
+@router.get(
+    "/stores/{store_id}",
+    response_model=StoreOut,
+    responses=problems({**_OPERATOR, 404: "No such store (`store_not_found`)."}),
+)
 async def get_store(store_id: str, services: ServicesDep, _: AdminDep) -> StoreOut:
     return StoreOut.of(await services.tills.get_store(store_id))
 
@@ -148,7 +217,14 @@ async def get_store(store_id: str, services: ServicesDep, _: AdminDep) -> StoreO
 @router.post(
     "/webhooks/{msn}/ensure",
     response_model=EnsureOut,
-    responses=_PROBLEMS,
+    responses=problems(
+        {
+            **_OPERATOR,
+            **_VIPPS,
+            409: "Another registration at Vipps holds check-ins for this MSN "
+            "(`checkin_webhook_taken`).",
+        }
+    ),
     summary="Make sure the MSN has exactly one registration with every event we use",
 )
 async def ensure_webhook(
@@ -167,7 +243,7 @@ async def ensure_webhook(
 @router.get(
     "/webhooks",
     response_model=list[WebhookRegistrationOut],
-    responses=_PROBLEMS,
+    responses=problems(_OPERATOR),
     summary="Our webhook registrations (secrets are never shown)",
 )
 async def list_webhooks(services: ServicesDep, _: AdminDep) -> list[WebhookRegistrationOut]:
@@ -177,7 +253,7 @@ async def list_webhooks(services: ServicesDep, _: AdminDep) -> list[WebhookRegis
 @router.get(
     "/checkouts",
     response_model=list[CheckoutOut],
-    responses=_PROBLEMS,
+    responses=problems(_OPERATOR),
     summary="List checkouts — e.g. what is stuck: ?state=PAYMENT_REQUESTED&olderThanSeconds=60",
 )
 async def list_checkouts(
@@ -206,7 +282,7 @@ async def list_checkouts(
 @router.post(
     "/checkouts/{checkout_id}/resync",
     response_model=CheckoutOut,
-    responses=_PROBLEMS,
+    responses=problems({**_OPERATOR, **_VIPPS, 404: "No such checkout (`checkout_not_found`)."}),
     summary="Ask Vipps now and repair the checkout's state",
 )
 async def resync_checkout(
@@ -218,7 +294,7 @@ async def resync_checkout(
 @router.get(
     "/inbox",
     response_model=list[InboxEventOut],
-    responses=_PROBLEMS,
+    responses=problems(_OPERATOR),
     summary="Received webhooks — e.g. ?status=UNMATCHED or FAILED (bodies are not shown)",
 )
 async def list_inbox(

@@ -9,30 +9,24 @@ The till learns that its customer was identified from the checkout itself (long-
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import Field
 
 from app.api.deps import AdminDep, PrincipalDep, own_till
-from app.api.schemas import ApiModel, CheckoutOut
-from app.errors import PROBLEM_JSON
+from app.api.routing import TextCheckedRoute, problems
+from app.api.schemas import Amount, ApiModel, ApiRequest, CheckoutOut, ReceiptIn
 from app.loyalty.service import ClubService, MemberView
 
-router = APIRouter(prefix="/api/v1", tags=["customer club"])
+router = APIRouter(prefix="/api/v1", tags=["customer club"], route_class=TextCheckedRoute)
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"content": {PROBLEM_JSON: {}}, "description": text}
-    for status, text in {
-        401: "Missing or unknown API key (`unauthorized`).",
-        403: "The key belongs to another till, or operator credentials are required.",
-        404: "No such checkout or member.",
-        409: "`update_not_expected` (not identified yet), `update_window_closed` (the payment "
-        "request was sent: one update only, before the deadline), `checkout_final`, "
-        "`idempotency_key_reused`, `members_managed_elsewhere`.",
-        422: "Invalid amount or receipt; `errors` names each field (`validation_error`).",
-    }.items()
+_AUTH = {
+    401: "Missing, unknown or revoked credential (`unauthorized`).",
+    403: "The key belongs to another till, or an operator credential is required (`forbidden`).",
+    422: "Invalid amount or receipt; `errors` names each field (`validation_error`).",
 }
+_MEMBER = {**_AUTH, 404: "No such member (`member_not_found`)."}
 
 
 def get_club(request: Request) -> ClubService:
@@ -43,16 +37,16 @@ def get_club(request: Request) -> ClubService:
 ClubDep = Annotated[ClubService, Depends(get_club)]
 
 
-class MemberPriceRequest(ApiModel):
-    amount: int = Field(description="New total in minor units (the member price).", ge=0)
-    receipt: dict[str, Any] | None = Field(
+class MemberPriceRequest(ApiRequest):
+    amount: Amount = Field(description="New total in minor units (the member price).")
+    receipt: ReceiptIn = Field(
         default=None,
         description="The receipt with member prices. Omitted: the checkout's receipt is kept "
         "and must still add up to the new amount.",
     )
 
 
-class NewMemberRequest(ApiModel):
+class NewMemberRequest(ApiRequest):
     phone_number: str = Field(
         pattern=r"^[0-9]{10,15}$",
         description="MSISDN: country code and number, digits only.",
@@ -85,7 +79,16 @@ class MemberOut(ApiModel):
 @router.post(
     "/checkouts/{checkout_id}/member-price",
     response_model=CheckoutOut,
-    responses=_PROBLEMS,
+    responses=problems(
+        {
+            **_AUTH,
+            404: "No such checkout (`checkout_not_found`).",
+            409: "`update_not_expected` (not identified yet), `update_window_closed` (the payment "
+            "request was sent: one update only, before the deadline), `checkout_final`, "
+            "`idempotency_key_reused`.",
+            429: "Too many requests from this till (`rate_limited`).",
+        }
+    ),
     summary="Apply member prices once, before the payment request goes out",
 )
 async def update_member_price(
@@ -110,7 +113,9 @@ async def update_member_price(
     "/members",
     status_code=201,
     response_model=MemberOut,
-    responses=_PROBLEMS,
+    responses=problems(
+        {**_AUTH, 409: "Members live in the chain's loyalty system (`members_managed_elsewhere`)."}
+    ),
     summary="Register a member by phone number (members kept by this service only)",
 )
 async def add_member(
@@ -124,7 +129,7 @@ async def add_member(
     return MemberOut.of(await club.get_member(record.id))
 
 
-@router.get("/members/{member_id}", response_model=MemberOut, responses=_PROBLEMS)
+@router.get("/members/{member_id}", response_model=MemberOut, responses=problems(_MEMBER))
 async def get_member(member_id: str, club: ClubDep, _: AdminDep) -> MemberOut:
     return MemberOut.of(await club.get_member(member_id))
 
@@ -132,7 +137,12 @@ async def get_member(member_id: str, club: ClubDep, _: AdminDep) -> MemberOut:
 @router.delete(
     "/members/{member_id}",
     status_code=204,
-    responses=_PROBLEMS,
+    responses=problems(
+        {
+            **_MEMBER,
+            409: "Members live in the chain's loyalty system (`members_managed_elsewhere`).",
+        }
+    ),
     summary="Remove a member (the customer left the club)",
 )
 async def remove_member(member_id: str, club: ClubDep, _: AdminDep) -> Response:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, assert_never
+from typing import Annotated, Any, Literal, assert_never
 
 import orjson
 import structlog
@@ -47,15 +47,16 @@ from app.api.deps import (
     TillScope,
     issue_display_token,
 )
+from app.api.routing import TextCheckedRoute, problems
 from app.api.schemas import ApiModel, Money
 from app.domain.state_machine import CheckoutState
-from app.errors import PROBLEM_JSON, ApiProblem
+from app.errors import ApiProblem
 from app.persistence.records import CheckoutRecord
 from app.service.errors import TillInactive
 
 log = structlog.get_logger("app.display")
 
-router = APIRouter(tags=["till display"])
+router = APIRouter(tags=["till display"], route_class=TextCheckedRoute)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _ASSETS = {
@@ -77,9 +78,12 @@ _PAGE_HEADERS = {
         "connect-src 'self'; base-uri 'none'; form-action 'none'"
     ),
 }
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"content": {PROBLEM_JSON: {}}, "description": "No valid display token (`unauthorized`)."}
-}
+_UNAUTHORIZED = problems(
+    {
+        401: "No valid display token (`unauthorized`).",
+        429: "Too many requests from this display (`rate_limited`).",
+    }
+)
 
 
 class DisplayTokenRequest(ApiModel):
@@ -123,11 +127,39 @@ class DisplayTokenOut(ApiModel):
     )
 
 
+DISPLAY_LANGUAGES = ("nb", "da", "fi", "en")
+# Accept-Language primary tags → the display's language (Norwegian in any written form: bokmål).
+_LANGUAGE_OF_TAG = {"nb": "nb", "no": "nb", "nn": "nb", "da": "da", "fi": "fi", "en": "en"}
+
+
+def negotiate_language(accept_language: str | None) -> str:
+    """The display language for a browser's ``Accept-Language`` (English when none fits)."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, part in enumerate((accept_language or "").split(",")):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        language = _LANGUAGE_OF_TAG.get(tag.split("-")[0].lower())
+        if language and quality > 0:
+            ranked.append((-quality, position, language))
+    return min(ranked)[2] if ranked else "en"
+
+
 class DisplaySessionOut(ApiModel):
     till_id: str
     location_description: str
     expires_at: datetime = Field(description="When the cookie's token expires; renew before.")
     lifetime_seconds: int
+    language: Literal["nb", "da", "fi", "en"] = Field(
+        description="The page's language: the store's setting, else the browser's "
+        "Accept-Language (Norwegian, Danish, Finnish, else English)."
+    )
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -139,6 +171,7 @@ class DisplaySessionOut(ApiModel):
                     "locationDescription": "Kasse 3",
                     "expiresAt": "2026-01-01T00:00:00Z",
                     "lifetimeSeconds": 900,
+                    "language": "nb",
                 }
             ]
         },
@@ -269,11 +302,16 @@ def _set_display_cookie(
     "/api/v1/tills/{till_id}/display-token",
     status_code=201,
     response_model=DisplayTokenOut,
-    responses={
-        401: {"content": {PROBLEM_JSON: {}}, "description": "Missing or unknown API key."},
-        403: {"content": {PROBLEM_JSON: {}}, "description": "The key belongs to another till."},
-        409: {"content": {PROBLEM_JSON: {}}, "description": "The till is deactivated."},
-    },
+    responses=problems(
+        {
+            401: "Missing, unknown or revoked API key (`unauthorized`).",
+            403: "The key belongs to another till (`forbidden`).",
+            404: "No such till (`till_not_found`).",
+            409: "The till is deactivated (`till_inactive`).",
+            422: "Invalid request; `errors` names each field (`validation_error`).",
+            429: "Too many requests from this till (`rate_limited`).",
+        }
+    ),
     summary="Issue a read-only display token and the URL of the till's customer display",
 )
 async def issue_token(
@@ -345,11 +383,15 @@ async def display_session(
     )
     _set_display_cookie(request, response, till.id, token, grant.lifetime_seconds)
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Vary"] = "Accept-Language"
+    store = await services.tills.get_store(till.store_id)
+    language = store.display_language or negotiate_language(request.headers.get("accept-language"))
     return DisplaySessionOut(
         till_id=till.id,
         location_description=till.location_description,
         expires_at=expires,
         lifetime_seconds=grant.lifetime_seconds,
+        language=language if language in DISPLAY_LANGUAGES else "en",
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import REQUEST_ID_SCOPE_KEY
 from app.observability.logging import bind_request_id, clear_correlation
 from app.observability.metrics import Metrics
 from app.service.audit import audit_endpoint
@@ -33,6 +34,7 @@ class CorrelationMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = bind_request_id(Headers(scope=scope).get("x-request-id"))
+        scope[REQUEST_ID_SCOPE_KEY] = request_id  # for the 500 handler, which runs outside
         started = time.perf_counter()
         method: str = scope["method"]
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import PrincipalDep, ServicesDep, TillScope, own_till
+from app.api.routing import TextCheckedRoute, problems
 from app.api.schemas import ActiveCheckoutOut, AmountRequest, CheckoutOut, CreateCheckoutRequest
 from app.domain.state_machine import CapturePolicy
-from app.errors import PROBLEM_JSON
 from app.service.checkouts import CreateCheckout
 
-router = APIRouter(prefix="/api/v1", tags=["POS"])
+router = APIRouter(prefix="/api/v1", tags=["POS"], route_class=TextCheckedRoute)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -26,24 +26,27 @@ IdempotencyKey = Annotated[
         description="Same key and same body: the same checkout again. Other body: 409.",
     ),
 ]
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"content": {PROBLEM_JSON: {}}, "description": text}
-    for status, text in {
-        401: "Missing or unknown API key (`unauthorized`).",
-        403: "The key belongs to another till (`forbidden`).",
-        404: "No such checkout or till.",
-        409: "Conflict: `active_checkout_exists`, `idempotency_key_reused`, or a state rule.",
-        422: "Invalid request; `errors` names each field (`validation_error`).",
-        429: "Too many requests from this till (`rate_limited`, see Retry-After).",
-    }.items()
+_AUTH = {
+    401: "Missing, unknown or revoked API key (`unauthorized`).",
+    403: "The key belongs to another till (`forbidden`).",
+    422: "Invalid request; `errors` names each field (`validation_error`).",
+    429: "Too many requests from this till (`rate_limited`); wait `Retry-After` seconds.",
 }
+_CHECKOUT = {**_AUTH, 404: "No such checkout, or not this till's (`checkout_not_found`)."}
+_TILL = {**_AUTH, 404: "No such till (`till_not_found`)."}
 
 
 @router.post(
     "/tills/{till_id}/checkouts",
     status_code=201,
     response_model=CheckoutOut,
-    responses=_PROBLEMS,
+    responses=problems(
+        {
+            **_TILL,
+            409: "`active_checkout_exists` (read that checkout), `idempotency_key_reused`, "
+            "`till_inactive`.",
+        }
+    ),
     summary="Ring up a sale: the checkout waits for the customer's scan",
 )
 async def create_checkout(
@@ -74,7 +77,7 @@ async def create_checkout(
 @router.get(
     "/tills/{till_id}/checkouts/active",
     response_model=ActiveCheckoutOut,
-    responses=_PROBLEMS,
+    responses=problems(_TILL),
     summary="What is active on this till",
 )
 async def active_checkout(till_id: TillScope, services: ServicesDep) -> ActiveCheckoutOut:
@@ -85,7 +88,7 @@ async def active_checkout(till_id: TillScope, services: ServicesDep) -> ActiveCh
 @router.get(
     "/checkouts/{checkout_id}",
     response_model=CheckoutOut,
-    responses=_PROBLEMS,
+    responses=problems(_CHECKOUT),
     summary="A checkout; with ?wait=N, long-poll up to N seconds for its next change",
 )
 async def get_checkout(
@@ -111,7 +114,13 @@ async def get_checkout(
 @router.post(
     "/checkouts/{checkout_id}/cancel",
     response_model=CheckoutOut,
-    responses=_PROBLEMS,
+    responses=problems(
+        {
+            **_CHECKOUT,
+            409: "`capture_in_progress` (refund instead), `checkout_final`, "
+            "`idempotency_key_reused`.",
+        }
+    ),
     summary="Cancel; answers when the outcome is final (or the customer approved first)",
 )
 async def cancel_checkout(
@@ -132,7 +141,13 @@ async def cancel_checkout(
 @router.post(
     "/checkouts/{checkout_id}/capture",
     response_model=CheckoutOut,
-    responses=_PROBLEMS,
+    responses=problems(
+        {
+            **_CHECKOUT,
+            409: "`not_authorized`, `already_captured`, `amount_exceeds_authorized`, "
+            "`invalid_amount`, `checkout_final`, `idempotency_key_reused`.",
+        }
+    ),
     summary="Capture (manual mode): all, or part — the rest of the reservation is released",
 )
 async def capture_checkout(
@@ -155,7 +170,13 @@ async def capture_checkout(
 @router.post(
     "/checkouts/{checkout_id}/refund",
     response_model=CheckoutOut,
-    responses=_PROBLEMS,
+    responses=problems(
+        {
+            **_CHECKOUT,
+            409: "`not_captured`, `already_refunded`, `amount_exceeds_captured`, "
+            "`invalid_amount`, `idempotency_key_reused`.",
+        }
+    ),
     summary="Refund all or part of what was captured; may be repeated",
 )
 async def refund_checkout(
@@ -177,7 +198,7 @@ async def refund_checkout(
 
 @router.get(
     "/tills/{till_id}/events",
-    responses={200: {"content": {"text/event-stream": {}}}, **_PROBLEMS},
+    responses={200: {"content": {"text/event-stream": {}}}, **problems(_TILL)},
     summary="Server-Sent Events: this till's checkout changes, resumable with Last-Event-ID",
 )
 async def till_events(

@@ -7,23 +7,22 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Query, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from app.api.deps import AdminDep, ServicesDep
-from app.api.schemas import ApiModel
-from app.errors import PROBLEM_JSON, ApiProblem
+from app.api.routing import OPERATOR_PROBLEMS, VIPPS_PROBLEMS, TextCheckedRoute, problems
+from app.api.schemas import ApiModel, ApiRequest
 from app.service.drift import DriftService
 from app.service.reports import DEFAULT_TIMEZONE, EndOfDayReports, verify_audit_trail
 
-router = APIRouter(prefix="/api/v1", tags=["operators"])
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"content": {PROBLEM_JSON: {}}, "description": "Missing or unknown credential."},
-    403: {"content": {PROBLEM_JSON: {}}, "description": "Operator credential required."},
-}
+router = APIRouter(prefix="/api/v1", tags=["operators"], route_class=TextCheckedRoute)
+_OPERATOR = OPERATOR_PROBLEMS
+_VIPPS = {**OPERATOR_PROBLEMS, **VIPPS_PROBLEMS}
 
 
-class DriftRepairRequest(ApiModel):
+class DriftRepairRequest(ApiRequest):
     msn: str | None = Field(default=None, pattern=r"^[0-9]{4,6}$")
     include_extra: bool = Field(
         default=False,
@@ -50,7 +49,7 @@ class AuditVerifyOut(ApiModel):
     "/reports/end-of-day",
     responses={
         200: {"content": {"application/json": {}, "text/csv": {}}, "description": "The report"},
-        **_PROBLEMS,
+        **problems(_OPERATOR),
     },
     summary="End-of-day reconciliation per till and store, with flagged mismatches",
 )
@@ -74,7 +73,16 @@ async def end_of_day(
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:  # found by schemathesis: was a 500
-        raise ApiProblem(422, "validation_error", "tz: not an IANA time zone") from exc
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "tz"),
+                    "msg": "not an IANA time zone, e.g. Europe/Oslo",
+                    "input": tz,
+                }
+            ]
+        ) from exc
     report = await EndOfDayReports(services.ctx).end_of_day(day, store_id=store_id, timezone=tz)
     if format == "csv":
         name = f"end-of-day-{day.isoformat()}{'-' + store_id if store_id else ''}.csv"
@@ -88,7 +96,7 @@ async def end_of_day(
 
 @router.get(
     "/drift",
-    responses=_PROBLEMS,
+    responses=problems(_VIPPS),
     summary="Differences between our tills and Vipps's merchant callback QRs",
 )
 async def drift(
@@ -102,7 +110,7 @@ async def drift(
 
 @router.post(
     "/drift/repair",
-    responses=_PROBLEMS,
+    responses=problems(_VIPPS),
     summary="Repair drift: create missing QRs, fix descriptions, delete inactive tills' QRs",
 )
 async def repair_drift(
@@ -118,7 +126,7 @@ async def repair_drift(
 @router.get(
     "/audit/verify",
     response_model=AuditVerifyOut,
-    responses=_PROBLEMS,
+    responses=problems(_OPERATOR),
     summary="Verify every hash chain of the audit trail; lists each break",
 )
 async def verify_audit(services: ServicesDep, _: AdminDep) -> AuditVerifyOut:

@@ -3,17 +3,190 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    TypeAdapter,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
+from app.domain.receipt import (
+    MAX_AMOUNT,
+    MAX_ORDER_LINES,
+    SHORT_TEXT_MAX_LENGTH,
+    TAX_PERCENTAGE_MAX,
+    TAX_RATE_MAX,
+    TEXT_MAX_LENGTH,
+)
+from app.errors import WARNING_CODES
 from app.models import Store, Till, WebhookRegistration
 from app.persistence.records import CheckoutRecord
 
 
 class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ApiRequest(ApiModel):
+    """A request body. Strict JSON types: ``true``, ``"5"`` and ``12900.0`` are not integers,
+    ``"true"`` is not a boolean (each is ``invalid_type``)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+_AMOUNT_TEXT = (
+    "Minor units (øre, cents), a JSON integer: 12900 = 129.00 NOK. At least the currency's "
+    f"minimum (NOK 100, DKK 1, EUR 1), at most {MAX_AMOUNT}."
+)
+# Amounts in requests: integers in minor units, within the Vipps ePayment bounds.
+Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT, description=_AMOUNT_TEXT, examples=[12900])]
+
+
+# ---- The receipt (Vipps Order Management "latest"), for the OpenAPI document ------------------
+#
+# The service checks receipts with app/domain/receipt.py (every finding named and coded at once,
+# unknown keys ignored, deprecated ones warned about); these models describe the same rules for
+# clients and are what the document shows for ``receipt``.
+
+
+class ReceiptModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+
+_LINE_AMOUNT = "Minor units, integer; `totalAmount` = `totalAmountExcludingTax` + `totalTaxAmount`."
+
+
+class UnitInfo(ReceiptModel):
+    unit_price: int = Field(ge=0, description="Price of one unit, minor units.")
+    quantity: str = Field(
+        pattern=r"^[0-9]+(\.[0-9]{1,8})?$",
+        max_length=10,
+        description='Decimal string, e.g. "2" or "0.822".',
+    )
+    # The same values as app/domain/receipt.py's QUANTITY_UNITS (a test holds them equal).
+    quantity_unit: Literal["PCS", "KG", "KM", "MINUTE", "LITRE", "KWH"] | None = None
+
+
+class OrderLine(ReceiptModel):
+    name: str = Field(min_length=1, max_length=TEXT_MAX_LENGTH)
+    id: str = Field(min_length=1, max_length=TEXT_MAX_LENGTH, description="Your product id.")
+    total_amount: int = Field(description=_LINE_AMOUNT)
+    total_amount_excluding_tax: int
+    total_tax_amount: int
+    tax_rate: int | None = Field(
+        default=None,
+        ge=0,
+        le=TAX_RATE_MAX,
+        description="Basis points: 2500 = 25 %. This or `taxPercentage` is required.",
+    )
+    tax_percentage: int | None = Field(
+        default=None, ge=0, le=TAX_PERCENTAGE_MAX, description="Deprecated: use `taxRate`."
+    )
+    unit_info: UnitInfo | None = None
+    discount: int | None = Field(default=None, ge=0, description="Minor units, included.")
+    product_url: str | None = Field(default=None, max_length=TEXT_MAX_LENGTH)
+    is_return: bool | None = Field(default=None, description="Counts negative in the sum.")
+    is_shipping: bool | None = None
+
+
+class Barcode(ReceiptModel):
+    format: Literal["EAN-13", "CODE 39", "CODE 128"]  # = BARCODE_FORMATS
+    data: str = Field(max_length=TEXT_MAX_LENGTH)
+
+
+class PaymentSources(ReceiptModel):
+    gift_card: int | None = Field(default=None, ge=0)
+    card: int | None = Field(default=None, ge=0)
+    voucher: int | None = Field(default=None, ge=0)
+    cash: int | None = Field(default=None, ge=0)
+
+
+class BottomLine(ReceiptModel):
+    currency: Literal["NOK", "DKK", "EUR"] | None = Field(
+        default=None, description="Defaults to the checkout's currency; must equal it."
+    )
+    tip_amount: int | None = Field(
+        default=None, ge=0, le=MAX_AMOUNT, description="Part of `amount`."
+    )
+    pos_id: str | None = Field(
+        default=None, max_length=SHORT_TEXT_MAX_LENGTH, description="Defaults to the till id."
+    )
+    receipt_number: str | None = Field(default=None, max_length=SHORT_TEXT_MAX_LENGTH)
+    payment_sources: PaymentSources | None = None
+    barcode: Barcode | None = None
+
+
+class Receipt(ReceiptModel):
+    """The itemised receipt shown in the app. The order lines (returned lines counting negative)
+    plus `bottomLine.tipAmount` must add up to the checkout's `amount`."""
+
+    order_lines: list[OrderLine] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+    bottom_line: BottomLine | None = None
+
+
+RECEIPT_MODELS: tuple[type[BaseModel], ...] = (
+    Receipt,
+    OrderLine,
+    UnitInfo,
+    BottomLine,
+    Barcode,
+    PaymentSources,
+)
+
+
+def _raw_receipt(value: Any) -> Any:
+    """The receipt object as sent: app/domain/receipt.py checks it, naming every finding."""
+    if value is not None and not isinstance(value, dict):
+        raise PydanticCustomError("dict_type", "must be an object")
+    return value
+
+
+class DocumentedAs:
+    """Annotation: show ``type_`` in the JSON schema while validating the annotated type."""
+
+    def __init__(self, type_: Any) -> None:
+        self.type_ = type_
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(TypeAdapter(self.type_).core_schema)
+
+
+# Documented as the typed Receipt; at run time the JSON object itself, for the receipt rules.
+ReceiptIn = Annotated[
+    dict[str, Any] | None, PlainValidator(_raw_receipt), DocumentedAs(Receipt | None)
+]
+ReceiptOut = Annotated[dict[str, Any] | None, DocumentedAs(Receipt | None)]
+
+
+class ReceiptWarning(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "field": "receipt.orderLines[0].unitInfo.unitPrice",
+                    "code": "unit_price_mismatch",
+                    "message": "unitPrice × quantity = 8000 does not match totalAmount + "
+                    "discount = 10000",
+                }
+            ]
+        }
+    )
+
+    field: str = Field(examples=["receipt.orderLines[0].unitInfo.unitPrice"])
+    code: str = Field(
+        description="Stable. Warnings never block a sale.\n\n"
+        + "\n".join(f"- `{code}`: {meaning}" for code, meaning in WARNING_CODES.items())
+    )
+    message: str
 
 
 # ---- OpenAPI examples (validated against their models by tests/api/test_openapi_examples.py) --
@@ -87,8 +260,8 @@ class Money(ApiModel):
     currency: Literal["NOK", "DKK", "EUR"]
 
 
-class CreateCheckoutRequest(ApiModel):
-    amount: int = Field(description="Total in minor units, e.g. 12900 = 129.00 NOK.", ge=0)
+class CreateCheckoutRequest(ApiRequest):
+    amount: Amount
     currency: Literal["NOK", "DKK", "EUR"] = "NOK"
     description: str | None = Field(
         default=None,
@@ -99,16 +272,13 @@ class CreateCheckoutRequest(ApiModel):
         default="AUTO",
         description="AUTO captures as soon as the customer approves; MANUAL waits for /capture.",
     )
-    receipt: dict[str, Any] | None = Field(
+    receipt: ReceiptIn = Field(
         default=None,
         description="Vipps receipt: `orderLines` and `bottomLine` (Order Management schema). "
         "`bottomLine.posId` defaults to the till id, its currency to the checkout's.",
     )
 
     model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -139,11 +309,14 @@ class CreateCheckoutRequest(ApiModel):
     )
 
 
-class AmountRequest(ApiModel):
+class AmountRequest(ApiRequest):
     model_config = _examples({"amount": 5000}, {})
 
     amount: int | None = Field(
-        default=None, gt=0, description="Minor units; omit for everything that is left."
+        default=None,
+        ge=1,
+        le=MAX_AMOUNT,
+        description="Minor units, a JSON integer; omit for everything that is left.",
     )
 
 
@@ -189,8 +362,8 @@ class CheckoutOut(ApiModel):
     capture_mode: str
     description: str
     reference: str
-    receipt: dict[str, Any]
-    warnings: list[dict[str, Any]]
+    receipt: ReceiptOut = Field(description="As sent to Vipps (normalized); null without one.")
+    warnings: list[ReceiptWarning]
     authorized_amount: int
     captured_amount: int
     refunded_amount: int
@@ -239,7 +412,7 @@ class CheckoutOut(ApiModel):
             capture_mode=row.capture_mode.value,
             description=row.description,
             reference=row.reference,
-            receipt=row.receipt or {},
+            receipt=row.receipt or None,
             warnings=row.warnings or [],
             authorized_amount=row.authorized_value,
             captured_amount=row.captured_value,
@@ -281,7 +454,7 @@ class ActiveCheckoutOut(ApiModel):
     checkout: CheckoutOut | None
 
 
-class RegisterTillRequest(ApiModel):
+class RegisterTillRequest(ApiRequest):
     model_config = _examples(
         {
             "tillId": "oslo-1-till-3",
@@ -302,7 +475,7 @@ class RegisterTillRequest(ApiModel):
     msn: str | None = Field(default=None, pattern=r"^[0-9]{4,6}$")
 
 
-class UpdateTillRequest(ApiModel):
+class UpdateTillRequest(ApiRequest):
     model_config = _examples({"locationDescription": "Kasse 3 (ved utgangen)"})
 
     location_description: str | None = Field(default=None, min_length=1, max_length=36)
@@ -344,13 +517,14 @@ class NewTillOut(TillOut):
     api_key: str = Field(description="Shown once. Store it in the till; we keep only a hash.")
 
 
-class StoreRequest(ApiModel):
+class StoreRequest(ApiRequest):
     model_config = _examples(
         {
             "name": "Oslo City",
             "clubPolicy": "lookup",
             "memberPriceHold": True,
             "memberPriceHoldSeconds": 30,
+            "displayLanguage": "nb",
         }
     )
 
@@ -358,6 +532,11 @@ class StoreRequest(ApiModel):
     club_policy: Literal["off", "lookup", "enroll"] | None = None
     member_price_hold: bool | None = None
     member_price_hold_seconds: int | None = Field(default=None, ge=1, le=300)
+    display_language: Literal["nb", "da", "fi", "en", "auto"] | None = Field(
+        default=None,
+        description="Language of the customer display: nb (Norwegian), da (Danish), fi "
+        "(Finnish), en (English), or auto (follow each display's browser, the default).",
+    )
 
 
 class StoreOut(ApiModel):
@@ -368,6 +547,7 @@ class StoreOut(ApiModel):
             "clubPolicy": "lookup",
             "memberPriceHold": True,
             "memberPriceHoldSeconds": 30,
+            "displayLanguage": "nb",
         }
     )
 
@@ -376,6 +556,9 @@ class StoreOut(ApiModel):
     club_policy: str
     member_price_hold: bool
     member_price_hold_seconds: int
+    display_language: str | None = Field(
+        description="nb, da, fi or en; null: each display follows its browser."
+    )
 
     @classmethod
     def of(cls, row: Store) -> StoreOut:
@@ -385,6 +568,7 @@ class StoreOut(ApiModel):
             club_policy=row.club_policy,
             member_price_hold=row.member_price_hold,
             member_price_hold_seconds=row.member_price_hold_seconds,
+            display_language=row.display_language,
         )
 
 

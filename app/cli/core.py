@@ -97,11 +97,31 @@ def register_core(cli: typer.Typer) -> None:
         keep_running: bool = typer.Option(
             False, help="Leave the service and simulator running after the scenarios."
         ),
+        port: int | None = typer.Option(
+            None, help="The service's port (default 8000, or a free one if 8000 is taken)."
+        ),
+        sim_port: int | None = typer.Option(
+            None, help="The simulator's port (default 8081, or a free one if taken)."
+        ),
     ) -> None:
         """Run the whole flow on SQLite + the Vipps simulator and print a timeline.
 
-        Example: vipps-pos demo
+        Example: vipps-pos demo --keep-running --port 8000
         """
         from app.demo import run_demo
 
-        sys.exit(run_demo(keep_running=keep_running))
+        for name, value in (("--port", port), ("--sim-port", sim_port)):
+            if value is not None and not _port_free(value):
+                typer.echo(f"error: {name} {value} is in use", err=True)
+                raise typer.Exit(2)
+        sys.exit(run_demo(keep_running=keep_running, port=port, sim_port=sim_port))
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_server(("127.0.0.1", port)):
+            return True
+    except OSError:
+        return False

@@ -12,36 +12,42 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
-from zoneinfo import ZoneInfo
+from typing import Annotated, Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 from app.api.schemas import CheckoutOut, TillOut, WebhookRegistrationOut
 from app.cli.core import _settings
-from app.cli.qr_sheet import QrLabel, render_pdf, render_svg
+from app.domain.state_machine import CheckoutState
 from app.observability.logging import configure_logging
 from app.service import Services
 from app.service.bootstrap import open_services
 from app.service.drift import DriftReport, DriftService
 from app.service.errors import ServiceError, TillExists
+from app.service.health import readiness
+from app.service.qr_sheet import SheetLabels, render_pdf, render_svg, store_labels
 from app.service.reports import (
     DEFAULT_TIMEZONE,
     EndOfDayReports,
     checkout_audit_trail,
     verify_audit_trail,
 )
+from app.service.tills import till_field_errors
 from app.service.webhooks import EnsureReport
-from app.vipps.errors import VippsError
+from app.settings import Settings
+from app.vipps.errors import VippsAuthError, VippsError
 
 T = TypeVar("T")
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document (for scripts).")
@@ -51,27 +57,84 @@ def _console() -> Console:
     return Console(soft_wrap=False, width=200 if not sys.stdout.isatty() else None)
 
 
+def fail(message: str, status: int = 1) -> NoReturn:
+    """One line on stderr, never a traceback; exit ``status`` (1 failed, 2 bad input)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(status)
+
+
+def _database_problem(settings: Settings) -> str | None:
+    """Why the configured database cannot serve a command, before anything opens it."""
+    url = make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database).resolve()
+        if not path.exists():
+            return (
+                f"no database at {path} (VIPPS_POS_DATABASE__URL); create it with "
+                "`vipps-pos migrate`, or run this where the service's settings apply"
+            )
+    return None
+
+
 def _run(work: Callable[[Services], Awaitable[T]]) -> T:
-    """Run ``work`` on freshly opened services; service and Vipps errors exit with status 1."""
+    """Run ``work`` on freshly opened services. Every failure is one line on stderr."""
     settings = _settings()
-    configure_logging("WARNING", json_logs=False, stream=sys.stderr)
+    # The failure itself is the one line `fail` prints; retries and warnings would bury it.
+    configure_logging("ERROR", json_logs=False, stream=sys.stderr)
+    problem = _database_problem(settings)
+    if problem:
+        fail(problem, 2)
 
     async def main() -> T:
         async with open_services(settings) as services:
+            ready = await readiness(services.ctx)
+            if ready["database"] != "ok":
+                fail(
+                    f"cannot reach the database ({ready.get('error')}); check "
+                    "VIPPS_POS_DATABASE__URL",
+                    2,
+                )
+            if ready["status"] != "ready":
+                fail(
+                    f"the database is at migration {ready['migration'] or 'none'}, the code "
+                    f"needs {ready['head']}: run `vipps-pos migrate`",
+                    2,
+                )
             return await work(services)
 
     try:
         return asyncio.run(main())
     except ServiceError as exc:
-        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
+        fail(f"{exc.code}: {exc.detail}")
+    except VippsAuthError as exc:
+        fail(
+            f"Vipps refused our credentials (HTTP {exc.status}): check VIPPS_POS_VIPPS__CLIENT_ID, "
+            "__CLIENT_SECRET and __SUBSCRIPTION_KEY"
+        )
     except VippsError as exc:
-        typer.echo(f"error: Vipps: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        fail(f"Vipps: {exc}")
+    except (typer.Exit, typer.BadParameter, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # an operator gets one line; the log has the rest
+        logging.getLogger("app.cli").debug("command failed", exc_info=True)
+        fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'failed'}")
 
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _cell(value: Any) -> str:
+    """A table cell for people: no Python reprs."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items() if v not in (None, [], {}))
+    if isinstance(value, list):
+        return "; ".join(_cell(v) for v in value)
+    return str(value)
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -79,8 +142,21 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(_cell(v) for v in row))
     _console().print(table)
+
+
+def money(value: int | None, currency: str) -> str:
+    """Minor units as money: ``12900, "NOK"`` → ``129.00 NOK`` (all our currencies have 2
+    decimals)."""
+    if value is None:
+        return ""
+    sign = "-" if value < 0 else ""
+    return f"{sign}{abs(value) // 100}.{abs(value) % 100:02d} {currency}"
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -137,12 +213,68 @@ def tills_add(
     msn: str | None = typer.Option(None, help="Sales unit (default: the configured MSN)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Register a till and create its QR at Vipps. Prints the till's API key once."""
+    """Register a till and create its QR at Vipps. Prints the till's API key once.
 
-    async def work(services: Services) -> dict[str, Any]:
+    Checked before anything is written: the fields, our Vipps credentials and access to the MSN.
+    If Vipps then fails to create the QR, the till and its key are kept and printed, and
+    `vipps-pos tills sync-qr TILL` finishes the job."""
+    errors = till_field_errors(
+        till_id=till_id, store_id=store, location_description=location, msn=msn
+    )
+    if errors:
+        fail("; ".join(f"--{_OPTION.get(e.field, e.field)}: {e.message}" for e in errors), 2)
+
+    async def work(services: Services) -> tuple[dict[str, Any], str | None]:
+        await services.tills.check_vipps_access(msn)
         new = await services.tills.register(
             till_id, store_id=store, location_description=location, msn=msn
         )
+        return _till_json(new.till, new.api_key), new.qr_error
+
+    data, qr_error = _run(work)
+    if as_json:
+        _print_json(data)
+    else:
+        _table(
+            "Till registered — keep the API key, it is not shown again",
+            _TILL_COLUMNS,
+            _till_rows([data]),
+        )
+    if qr_error:
+        fail(
+            f"till {till_id} is saved (its API key is above) but Vipps did not create its QR: "
+            f"{qr_error}. Finish with `vipps-pos tills sync-qr {till_id}`"
+        )
+
+
+_OPTION = {"tillId": "till-id", "storeId": "store", "locationDescription": "location", "msn": "msn"}
+
+
+@tills_app.command("sync-qr", epilog="Example: vipps-pos tills sync-qr kasse-1")
+def tills_sync_qr(till_id: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
+    """Create or update the till's QR at Vipps (after `tills add` could not); exit status 1 if
+    Vipps still refuses."""
+
+    async def work(services: Services) -> tuple[dict[str, Any], str | None]:
+        till, error = await services.tills.sync_qr_reporting(till_id)
+        return _till_json(till), error
+
+    data, error = _run(work)
+    if as_json:
+        _print_json(data)
+    else:
+        _table("QR synced" if not error else "QR not synced", _TILL_COLUMNS, _till_rows([data]))
+    if error:
+        fail(f"till {till_id}: {error}")
+
+
+@tills_app.command("rotate-key", epilog="Example: vipps-pos tills rotate-key kasse-1")
+def tills_rotate_key(till_id: str = typer.Argument(...), as_json: bool = JSON_OPTION) -> None:
+    """Issue a new API key for the till and print it once. The old key stops working at once
+    (and every display link of the till with it)."""
+
+    async def work(services: Services) -> dict[str, Any]:
+        new = await services.tills.rotate_api_key(till_id)
         return _till_json(new.till, new.api_key)
 
     data = _run(work)
@@ -150,7 +282,7 @@ def tills_add(
         _print_json(data)
     else:
         _table(
-            "Till registered — keep the API key, it is not shown again",
+            "New API key — the old one no longer works; keep this, it is not shown again",
             _TILL_COLUMNS,
             _till_rows([data]),
         )
@@ -171,7 +303,7 @@ def tills_list(
     if as_json:
         _print_json(data)
     else:
-        _table(f"{len(data)} tills", _TILL_COLUMNS, _till_rows(data))
+        _table(plural(len(data), "till"), _TILL_COLUMNS, _till_rows(data))
 
 
 @tills_app.command("show", epilog="Example: vipps-pos tills show kasse-1")
@@ -198,6 +330,9 @@ def tills_update(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Change a till's location description (updated at Vipps too)."""
+    errors = till_field_errors(location_description=location)
+    if errors:
+        fail("; ".join(f"--location: {e.message}" for e in errors), 2)
 
     async def work(services: Services) -> dict[str, Any]:
         return _till_json(await services.tills.update(till_id, location_description=location))
@@ -242,6 +377,8 @@ def tills_import(
         raise typer.Exit(2)
 
     async def work(services: Services) -> list[dict[str, Any]]:
+        for unit in sorted({(row.get("msn") or "").strip() or None for row in rows}, key=str):
+            await services.tills.check_vipps_access(unit)  # before the first till is written
         results: list[dict[str, Any]] = []
         progress = Progress(
             TextColumn("{task.description}"),
@@ -261,11 +398,14 @@ def tills_import(
                         location_description=row["locationDescription"].strip(),
                         msn=(row.get("msn") or "").strip() or None,
                     )
-                    results.append({"result": "registered", **_till_json(new.till, new.api_key)})
+                    registered = {"result": "registered", **_till_json(new.till, new.api_key)}
+                    if new.qr_error:
+                        registered["error"] = f"QR not created: {new.qr_error} (tills sync-qr)"
+                    results.append(registered)
                 except TillExists:
                     results.append({"result": "exists", "tillId": till_id})
-                except (ServiceError, ValueError) as exc:
-                    results.append({"result": "failed", "tillId": till_id, "error": str(exc)})
+                except ServiceError as exc:
+                    results.append({"result": "failed", "tillId": till_id, "error": exc.detail})
                 progress.advance(task)
         return results
 
@@ -275,13 +415,16 @@ def tills_import(
     else:
         _table(
             f"{sum(r['result'] == 'registered' for r in results)} of {len(results)} registered",
-            ["till", "result", "QR", "API key / error"],
+            ["till", "result", "QR", "API key", "error"],
             [
-                [r["tillId"], r["result"], r.get("qrStatus"), r.get("apiKey") or r.get("error")]
+                [r["tillId"], r["result"], r.get("qrStatus"), r.get("apiKey"), r.get("error")]
                 for r in results
             ],
         )
-    if any(r["result"] == "failed" for r in results):
+    failed = [r for r in results if r["result"] == "failed" or r.get("error")]
+    for r in failed:
+        typer.echo(f"error: till {r['tillId']}: {r['error']}", err=True)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -301,43 +444,39 @@ def qr_sheet(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """A4 sheet(s) of the store's active tills' QR codes, labelled with location, store and
-    till id, rendered from the QR content Vipps gave each till."""
+    till id, rendered from the QR content Vipps gave each till. A till whose QR Vipps cannot
+    give is named on stderr, the others are printed, and the exit status is 1."""
     if sheet_format not in ("pdf", "svg"):
         raise typer.BadParameter("--format must be pdf or svg")
 
-    async def work(services: Services) -> tuple[str, list[QrLabel]]:
-        try:
-            store_name = (await services.tills.get_store(store)).name
-        except ServiceError:
-            store_name = store
-        labels: list[QrLabel] = []
-        for till in await services.tills.list(store_id=store, status="ACTIVE"):
-            if not till.qr_content:
-                await services.tills.qr_image(till.id, "svg")  # fetches and keeps the content
-                till = await services.tills.get(till.id)
-            assert till.qr_content is not None
-            labels.append(
-                QrLabel(
-                    qr_content=till.qr_content,
-                    title=till.location_description,
-                    subtitle=store_name if store_name == store else f"{store_name} ({store})",
-                    caption=f"till {till.id} · MSN {till.msn}",
-                )
-            )
-        return store_name, labels
+    async def work(services: Services) -> SheetLabels:
+        return await store_labels(services.tills, store)
 
-    store_name, labels = _run(work)
+    sheet = _run(work)
+    store_name, labels, failures = sheet.store_name, sheet.labels, sheet.failures
+    for till_id, reason in failures:
+        typer.echo(f"error: till {till_id}: {reason}", err=True)
     if not labels:
-        typer.echo(f"error: store {store} has no active tills", err=True)
-        raise typer.Exit(1)
-    heading = f"{store_name} — Vipps MobilePay QR codes"
+        fail(
+            f"store {store} has no active tills"
+            if not failures
+            else f"no QR of store {store} could be rendered"
+        )
     render = render_pdf if sheet_format == "pdf" else render_svg
-    output.write_bytes(render(labels, heading=heading))
-    summary = {"store": store, "format": sheet_format, "file": str(output), "tills": len(labels)}
+    output.write_bytes(render(labels, heading=store_name))
+    summary = {
+        "store": store,
+        "format": sheet_format,
+        "file": str(output),
+        "tills": len(labels),
+        "failed": [{"tillId": t, "error": e} for t, e in failures],
+    }
     if as_json:
         _print_json(summary)
     else:
-        typer.echo(f"wrote {len(labels)} QR codes to {output}")
+        typer.echo(f"wrote {plural(len(labels), 'QR code')} to {output}")
+    if failures:
+        raise typer.Exit(1)
 
 
 # ---- webhooks ---------------------------------------------------------------------------------
@@ -504,6 +643,11 @@ def checkouts_list(
 ) -> None:
     """List checkouts, newest first."""
     age = parse_duration(older_than) if older_than else None
+    known = [s.value for s in CheckoutState]
+    unknown = [s for s in state or [] if s.upper() not in known]
+    if unknown:
+        fail(f"--state: unknown state {', '.join(unknown)}; one of {', '.join(known)}", 2)
+    state = [s.upper() for s in state] if state else None
 
     async def work(services: Services) -> list[dict[str, Any]]:
         rows = await services.checkouts.list(
@@ -516,16 +660,16 @@ def checkouts_list(
         _print_json(rows)
     else:
         _table(
-            f"{len(rows)} checkouts",
+            plural(len(rows), "checkout"),
             ["id", "till", "state", "amount", "captured", "refunded", "reference", "updated"],
             [
                 [
                     c["id"],
                     c["tillId"],
                     c["state"],
-                    c["amount"]["value"],
-                    c["capturedAmount"],
-                    c["refundedAmount"],
+                    money(c["amount"]["value"], c["amount"]["currency"]),
+                    money(c["capturedAmount"], c["amount"]["currency"]),
+                    money(c["refundedAmount"], c["amount"]["currency"]),
                     c["reference"],
                     c["updatedAt"],
                 ]
@@ -559,12 +703,80 @@ def checkouts_show(checkout_id: str = typer.Argument(...), as_json: bool = JSON_
         _print_json(data)
         return
     trail = data.pop("audit")
-    _table(checkout_id, ["field", "value"], [[k, v] for k, v in data.items()])
+    _table(checkout_id, ["field", "value"], checkout_fields(data))
+    currency = data["amount"]["currency"]
     _table(
         "audit trail",
         ["#", "at", "actor", "action", "amount", "detail"],
-        [[e["seq"], e["at"], e["actor"], e["action"], e["amount"], e["detail"]] for e in trail],
+        [
+            [
+                e["seq"],
+                e["at"],
+                e["actor"],
+                e["action"],
+                money(e["amount"], currency),
+                audit_detail(e["detail"]),
+            ]
+            for e in trail
+        ],
     )
+
+
+_MONEY_FIELDS = (
+    "originalAmount",
+    "authorizedAmount",
+    "capturedAmount",
+    "refundedAmount",
+    "cancelledAmount",
+)
+
+
+def checkout_fields(data: dict[str, Any]) -> list[list[str]]:
+    """A checkout as (field, value) rows for people: money as money, the receipt as lines."""
+    currency = data["amount"]["currency"]
+    rows: list[list[str]] = []
+    for key, value in data.items():
+        if key == "amount":
+            text = money(value["value"], currency)
+        elif key in _MONEY_FIELDS:
+            text = money(value, currency)
+        elif key == "receipt":
+            text = receipt_text(value, currency)
+        elif key == "warnings":
+            text = "; ".join(f"{w['field']}: {w['code']}" for w in value or [])
+        else:
+            text = _cell(value)
+        rows.append([key, text])
+    return rows
+
+
+def receipt_text(receipt: dict[str, Any] | None, currency: str) -> str:
+    if not receipt:
+        return ""
+    lines = [
+        f"{line.get('name')} {money(line.get('totalAmount'), currency)}"
+        + (" (return)" if line.get("isReturn") else "")
+        for line in receipt.get("orderLines") or []
+    ]
+    number = (receipt.get("bottomLine") or {}).get("receiptNumber")
+    return "; ".join(lines) + (f" — receipt {number}" if number else "")
+
+
+def audit_detail(detail: Any) -> str:
+    """An audit entry's detail in words. A state-machine ``IGNORED`` outcome is a repeated or
+    late message that changed nothing — normal, not a failure."""
+    if not isinstance(detail, dict):
+        return _cell(detail)
+    outcome = detail.get("outcome")
+    if outcome is not None and "from" in detail and "to" in detail:
+        if outcome == "IGNORED":
+            return f"no change, still {detail['to']} (a repeated or late message)"
+        if outcome == "ANOMALY":
+            return f"{detail['from']} → {detail['to']}, flagged for an operator"
+        if detail["from"] == detail["to"]:
+            return f"{detail['to']} (amounts updated)"
+        return f"{detail['from']} → {detail['to']}"
+    return _cell(detail)
 
 
 @checkouts_app.command("resync", epilog="Example: vipps-pos checkouts resync 3f0c…")
@@ -581,7 +793,14 @@ def checkouts_resync(checkout_id: str = typer.Argument(...), as_json: bool = JSO
         _table(
             "Resynced",
             ["id", "state", "captured", "refunded"],
-            [[data["id"], data["state"], data["capturedAmount"], data["refundedAmount"]]],
+            [
+                [
+                    data["id"],
+                    data["state"],
+                    money(data["capturedAmount"], data["amount"]["currency"]),
+                    money(data["refundedAmount"], data["amount"]["currency"]),
+                ]
+            ],
         )
 
 
@@ -601,12 +820,16 @@ def report(
     """End-of-day reconciliation: receipts against captures, refunds and cancellations per
     till and store, with flagged mismatches."""
     try:
-        when = date.fromisoformat(day) if day else datetime.now(ZoneInfo(timezone)).date()
-    except ValueError as exc:
-        raise typer.BadParameter("--date must be YYYY-MM-DD") from exc
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(f"--tz: unknown time zone {timezone!r}; use an IANA name such as Europe/Oslo", 2)
+    try:
+        when = date.fromisoformat(day) if day else datetime.now(zone).date()
+    except ValueError:
+        fail(f"--date: {day!r} is not a day; use YYYY-MM-DD", 2)
     chosen = "json" if as_json else report_format
     if chosen not in ("table", "csv", "json"):
-        raise typer.BadParameter("--format must be table, csv or json")
+        fail("--format: one of table, csv or json", 2)
 
     async def work(services: Services) -> Any:
         return await EndOfDayReports(services.ctx).end_of_day(
@@ -634,17 +857,17 @@ def report(
                     t.till_id or "(store)",
                     t.currency,
                     t.checkouts,
-                    t.captured,
-                    t.refunded,
-                    t.cancelled,
-                    t.net,
+                    money(t.captured, t.currency),
+                    money(t.refunded, t.currency),
+                    money(t.cancelled, t.currency),
+                    money(t.net, t.currency),
                     t.flagged,
                 ]
                 for t in [*result.tills, *result.stores]
             ],
         )
         _table(
-            f"{len(result.mismatches)} mismatches",
+            plural(len(result.mismatches), "mismatch", "mismatches"),
             ["code", "till", "checkout", "receipt", "detail"],
             [
                 [m.code, m.till_id, m.checkout_id, m.receipt_number, m.detail]
@@ -677,10 +900,13 @@ def audit_verify(as_json: bool = JSON_OPTION) -> None:
     if as_json:
         _print_json(data)
     elif result.intact:
-        typer.echo(f"audit trail intact: {result.entries} entries in {result.chains} chains")
+        typer.echo(
+            f"audit trail intact: {plural(result.entries, 'entry', 'entries')} in "
+            f"{plural(result.chains, 'chain')}"
+        )
     else:
         _table(
-            f"AUDIT TRAIL BROKEN: {len(result.breaks)} problems",
+            f"AUDIT TRAIL BROKEN: {plural(len(result.breaks), 'problem')}",
             ["chain", "seq", "entry id", "problem"],
             [[b.chain, b.seq, b.entry_id, b.problem] for b in result.breaks],
         )
@@ -708,16 +934,22 @@ def drift(
     if as_json:
         _print_json(result.as_json())
     elif not result.drift:
-        typer.echo(f"no drift: {result.checked_tills} tills, {result.vipps_qrs} QRs at Vipps")
+        typer.echo(
+            f"no drift: {plural(result.checked_tills, 'till')}, "
+            f"{plural(result.vipps_qrs, 'QR')} at Vipps"
+        )
     else:
         _table(
-            f"{len(result.drift)} differences",
+            plural(len(result.drift), "difference"),
             ["kind", "MSN", "till", "merchant QR id", "ours", "Vipps", "repaired", "error"],
             [
                 [d.kind, d.msn, d.till_id, d.merchant_qr_id, d.ours, d.theirs, d.repaired, d.error]
                 for d in result.drift
             ],
         )
+    for item in result.drift:
+        if item.error:
+            typer.echo(f"error: till {item.till_id or item.merchant_qr_id}: {item.error}", err=True)
     if not result.clean:
         raise typer.Exit(1)
 

@@ -281,6 +281,15 @@ WHERE id = $1 AND state IN {ACTIVE_SQL}
 """
 
 
+# What a statement raises when its connection is no longer usable.
+_BROKEN_CONNECTION = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+)
+
+
 class _Sql:
     """One statement being built: CTE texts and their positional arguments.
 
@@ -346,21 +355,28 @@ class PostgresStore:
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         self.counter.statement()
-        async with self._pool.acquire() as connection:
-            rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
-            return rows
+        return await self._run(sql, args)
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         self.counter.statement()
-        async with self._pool.acquire() as connection:
-            row: asyncpg.Record | None = await connection.fetchrow(sql, *args)
-            return row
+        rows = await self._run(sql, args)
+        return rows[0] if rows else None
 
     async def _write(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """A writing statement in autocommit: its own transaction."""
         self.counter.statement(write=True)
+        return await self._run(sql, args)
+
+    async def _run(self, sql: str, args: Sequence[Any]) -> list[asyncpg.Record]:
+        """One statement on a pooled connection. A connection the statement found broken (the
+        database restarted or dropped it; asyncpg may then report a confused protocol state)
+        is closed before it goes back, so the pool replaces it instead of lending it again."""
         async with self._pool.acquire() as connection:
-            rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+            try:
+                rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+            except _BROKEN_CONNECTION:
+                connection.terminate()
+                raise
             return rows
 
     # ---- loads --------------------------------------------------------------------------------

@@ -140,9 +140,9 @@ class DriftService:
     async def _repair(self, item: Drift) -> Drift:
         try:
             if item.kind in ("missing", "description", "no_content") and item.till_id:
-                till = await self.tills.sync_qr(item.till_id)
+                till, error = await self.tills.sync_qr_reporting(item.till_id)
                 if till.qr_status != "SYNCED":
-                    return _failed(item, "Vipps refused the QR; see the service log")
+                    return _failed(item, error or "Vipps refused the QR")
             elif item.kind in ("inactive", "extra"):
                 with contextlib.suppress(VippsNotFound):  # already gone: the goal holds
                     await self.ctx.vipps.delete_callback_qr(item.msn, item.merchant_qr_id)

@@ -149,7 +149,11 @@ def vipps_errors_as_problems(call: Callable[P, Awaitable[R]]) -> Callable[P, Awa
                 raise MsnNotAccessible(
                     "the Vipps credentials do not cover this sales unit (MSN)"
                 ) from exc
-            raise VippsRefused("Vipps refused our credentials", vippsStatus=exc.status) from exc
+            raise VippsRefused(
+                f"Vipps refused our credentials (HTTP {exc.status}); check the client id, "
+                "client secret and subscription key (VIPPS_POS_VIPPS__...)",
+                vippsStatus=exc.status,
+            ) from exc
         except VippsRejected as exc:
             raise VippsRefused(
                 exc.title or "refused", vippsStatus=exc.status, vippsCode=exc.error_code

@@ -26,6 +26,7 @@ from app.models import Store, Till
 from app.service.audit import GENESIS, append_audit
 from app.service.context import ServiceContext, unit_of_work
 from app.service.errors import (
+    InvalidCheckout,
     MsnNotAccessible,
     ServiceError,
     StoreNotFound,
@@ -33,17 +34,62 @@ from app.service.errors import (
     TillNotFound,
     VippsRefused,
     VippsUnreachable,
+    vipps_errors_as_problems,
 )
 from app.vipps.errors import VippsAuthError, VippsError, VippsNotFound, VippsRejected
 
 log = structlog.get_logger("app.tills")
 TILL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MSN = re.compile(r"^[0-9]{4,6}$")
+LOCATION_MAX_LENGTH = 36  # Vipps's limit for a merchant callback QR's locationDescription
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    code: str
+    message: str
+
+
+def till_field_errors(
+    *,
+    till_id: str | None = None,
+    store_id: str | None = None,
+    location_description: str | None = None,
+    msn: str | None = None,
+) -> list[FieldError]:
+    """What Vipps or our schema would refuse about a till, found before anything is written."""
+    errors: list[FieldError] = []
+    for field, value in (("tillId", till_id), ("storeId", store_id)):
+        if value is not None and not TILL_ID.fullmatch(value):
+            errors.append(FieldError(field, "invalid_format", "1-64 letters, digits, '-' or '_'"))
+    if location_description is not None:
+        if not location_description.strip():
+            errors.append(FieldError("locationDescription", "blank", "must not be empty"))
+        elif len(location_description) > LOCATION_MAX_LENGTH:
+            errors.append(
+                FieldError(
+                    "locationDescription",
+                    "too_long",
+                    f"must be at most {LOCATION_MAX_LENGTH} characters "
+                    f"(Vipps shows it in the app), not {len(location_description)}",
+                )
+            )
+    if msn is not None and not MSN.fullmatch(msn):
+        errors.append(FieldError("msn", "invalid_format", "a merchant serial number: 4-6 digits"))
+    return errors
+
+
+def _refuse_invalid(errors: list[FieldError]) -> None:
+    if errors:
+        raise InvalidCheckout(errors)
 
 
 @dataclass(frozen=True)
 class NewTill:
     till: Till
     api_key: str  # shown once
+    qr_error: str | None = None  # why the QR could not be created at Vipps (till saved)
 
 
 @dataclass(frozen=True)
@@ -116,9 +162,13 @@ class TillService:
         club_policy: str | None = None,
         member_price_hold: bool | None = None,
         member_price_hold_seconds: int | None = None,
+        display_language: str | None = None,
         actor: str = "admin",
     ) -> Store:
+        """Create or change a store; ``None`` leaves a setting as it is. ``display_language``
+        ``"auto"`` clears it (the display follows the browser)."""
         now = self.ctx.clock()
+        language = None if display_language == "auto" else display_language
         async with unit_of_work(self.ctx) as work:
             store = await repo.get_store(work.session, store_id)
             if store is None:
@@ -128,11 +178,14 @@ class TillService:
                     club_policy=ClubPolicy(club_policy or ClubPolicy.OFF),
                     member_price_hold=bool(member_price_hold),
                     member_price_hold_seconds=member_price_hold_seconds or 20,
+                    display_language=language,
                     created_at=now,
                     updated_at=now,
                 )
                 work.session.add(store)
             else:
+                if display_language is not None:
+                    store.display_language = language
                 if name is not None:
                     store.name = name
                 if club_policy is not None:
@@ -168,6 +221,14 @@ class TillService:
         actor: str = "admin",
     ) -> NewTill:
         msn = msn or self.ctx.settings.vipps.default_msn
+        _refuse_invalid(
+            till_field_errors(
+                till_id=till_id,
+                store_id=store_id,
+                location_description=location_description,
+                msn=msn,
+            )
+        )
         key_id, api_key, key_hash = new_api_key()
         now = self.ctx.clock()
         try:
@@ -216,13 +277,24 @@ class TillService:
         except IntegrityError as exc:
             raise TillExists(till_id) from exc
         log.info("till.registered", till_id=till_id, store_id=store_id, msn=msn)
-        till = await self.sync_qr(till_id)
-        return NewTill(till, api_key)
+        till, error = await self.sync_qr_reporting(till_id)
+        return NewTill(till, api_key, error)
+
+    @vipps_errors_as_problems
+    async def check_vipps_access(self, msn: str | None = None) -> None:
+        """Ask Vipps for the MSN's QR list: proves our credentials and access to the sales unit
+        before an operator command writes anything (errors become problems with a code)."""
+        await self.ctx.vipps.list_callback_qrs(msn or self.ctx.settings.vipps.default_msn)
 
     async def sync_qr(self, till_id: str) -> Till:
         """Make Vipps hold this till's QR as we do (PUT is an upsert), then fetch its content."""
+        till, _ = await self.sync_qr_reporting(till_id)
+        return till
+
+    async def sync_qr_reporting(self, till_id: str) -> tuple[Till, str | None]:
+        """:meth:`sync_qr`, also saying why it failed (``None`` when the QR is in sync)."""
         till = await self.get(till_id)
-        status, content = QrStatus.SYNCED, till.qr_content
+        status, content, error = QrStatus.SYNCED, till.qr_content, None
         try:
             await self.ctx.vipps.put_callback_qr(
                 till.msn,
@@ -232,16 +304,16 @@ class TillService:
             )
             qr = await self.ctx.vipps.get_callback_qr(till.msn, till.merchant_qr_id)
             content = qr.qr_content or content
-        except VippsError as exc:
-            status = QrStatus.FAILED
-            log.warning("till.qr_sync_failed", till_id=till_id, error=str(exc)[:300])
+        except (VippsError, ValueError) as exc:  # ValueError: refused before sending
+            status, error = QrStatus.FAILED, _vipps_reason(exc)
+            log.warning("till.qr_sync_failed", till_id=till_id, error=error)
         async with unit_of_work(self.ctx) as work:
             row = await repo.get_till(work.session, till_id)
             assert row is not None
             row.qr_status = status
             row.qr_content = content
             row.updated_at = self.ctx.clock()
-            return row
+            return row, error
 
     async def get(self, till_id: str) -> Till:
         async with self.ctx.sessions() as session:
@@ -257,6 +329,7 @@ class TillService:
     async def update(
         self, till_id: str, *, location_description: str | None, actor: str = "admin"
     ) -> Till:
+        _refuse_invalid(till_field_errors(location_description=location_description))
         async with unit_of_work(self.ctx) as work:
             till = await repo.lock_till(work.session, till_id)
             if till is None:
@@ -355,3 +428,13 @@ class TillService:
         else:
             code.save(buffer, kind="png", scale=scale, border=4)
         return buffer.getvalue()
+
+
+def _vipps_reason(exc: Exception) -> str:
+    """One line for an operator: what Vipps (or our client, before sending) said."""
+    if isinstance(exc, VippsAuthError):
+        return (
+            f"Vipps refused our credentials (HTTP {exc.status}): check "
+            "VIPPS_POS_VIPPS__CLIENT_ID, __CLIENT_SECRET, __SUBSCRIPTION_KEY and the MSN"
+        )
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.async_api import Browser, async_playwright
+
+from app.devstack import BackgroundServer
+from tests.support.live import ServiceProcess, live_simulator
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -62,3 +66,24 @@ async def browser(chromium_path: str) -> AsyncIterator[Browser]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def simulator() -> Iterator[BackgroundServer]:
+    with live_simulator() as server:
+        yield server
+
+
+@pytest.fixture
+def service(pg_url: str, simulator: BackgroundServer, tmp_path: Path) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(pg_url, simulator.url, tmp_path / "logs", name="display").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client

@@ -17,24 +17,150 @@
 "use strict";
 
 (function () {
-  const TEXT = {
-    loading: ["One moment", ""],
-    idle: ["Scan to pay", "Open the Vipps or MobilePay app and scan the code"],
-    scan: ["Scan to pay", "Open the Vipps or MobilePay app and scan the code"],
-    waiting: ["Scanned", "The cashier is ringing up your purchase"],
-    identifying: ["One moment", "Checking your membership"],
-    requesting: ["One moment", "Sending the payment to your app"],
-    approve: ["Approve in the app", "Check your phone and approve the payment"],
-    cancelling: ["Cancelling", "One moment"],
-    authorized: ["Approved", "Thank you"],
-    paid: ["Paid", "Thank you for your purchase"],
-    refunded: ["Refunded", "The money is on its way back"],
-    declined: ["Declined", "The payment was declined in the app"],
-    expired: ["Expired", "The payment was not approved in time"],
-    cancelled: ["Cancelled", "The sale was cancelled"],
-    failed: ["Payment failed", "Please ask the cashier"],
-    "link-expired": ["Display link expired", "Open the display again from the till"],
+  // The page's words in the display's languages. The language is the store's setting, else the
+  // browser's Accept-Language (the session answer says which); before that answer, the browser's.
+  const WORDS = {
+    en: {
+      locale: "en-GB",
+      status: {
+        loading: ["One moment", ""],
+        idle: ["Scan to pay", "Open the Vipps or MobilePay app and scan the code"],
+        scan: ["Scan to pay", "Open the Vipps or MobilePay app and scan the code"],
+        waiting: ["Scanned", "The cashier is ringing up your purchase"],
+        identifying: ["One moment", "Checking your membership"],
+        requesting: ["One moment", "Sending the payment to your app"],
+        approve: ["Approve in the app", "Check your phone and approve the payment"],
+        cancelling: ["Cancelling", "One moment"],
+        authorized: ["Approved", "Thank you"],
+        paid: ["Paid", "Thank you for your purchase"],
+        refunded: ["Refunded", "The money is on its way back"],
+        declined: ["Declined", "The payment was declined in the app"],
+        expired: ["Expired", "The payment was not approved in time"],
+        cancelled: ["Cancelled", "The sale was cancelled"],
+        failed: ["Payment failed", "Please ask the cashier"],
+        "link-expired": ["Display link expired", "Open the display again from the till"],
+      },
+      title: "Pay with Vipps MobilePay",
+      purchase: "Your purchase",
+      tip: "Tip",
+      qr: "QR code: scan it with the Vipps or MobilePay app",
+      connecting: "Connecting…",
+      live: "Live",
+      reconnecting: "Reconnecting…",
+      closed: "Not connected",
+    },
+    nb: {
+      locale: "nb-NO",
+      status: {
+        loading: ["Et øyeblikk", ""],
+        idle: ["Skann for å betale", "Åpne Vipps- eller MobilePay-appen og skann koden"],
+        scan: ["Skann for å betale", "Åpne Vipps- eller MobilePay-appen og skann koden"],
+        waiting: ["Skannet", "Kassereren slår inn kjøpet ditt"],
+        identifying: ["Et øyeblikk", "Sjekker medlemskapet ditt"],
+        requesting: ["Et øyeblikk", "Sender betalingen til appen din"],
+        approve: ["Godkjenn i appen", "Sjekk telefonen og godkjenn betalingen"],
+        cancelling: ["Avbryter", "Et øyeblikk"],
+        authorized: ["Godkjent", "Takk"],
+        paid: ["Betalt", "Takk for handelen"],
+        refunded: ["Refundert", "Pengene er på vei tilbake"],
+        declined: ["Avvist", "Betalingen ble avvist i appen"],
+        expired: ["Utløpt", "Betalingen ble ikke godkjent i tide"],
+        cancelled: ["Avbrutt", "Kjøpet ble avbrutt"],
+        failed: ["Betalingen mislyktes", "Spør kassereren"],
+        "link-expired": ["Lenken er utløpt", "Åpne kundeskjermen på nytt fra kassen"],
+      },
+      title: "Betal med Vipps MobilePay",
+      purchase: "Ditt kjøp",
+      tip: "Tips",
+      qr: "QR-kode: skann den med Vipps- eller MobilePay-appen",
+      connecting: "Kobler til …",
+      live: "Tilkoblet",
+      reconnecting: "Kobler til på nytt …",
+      closed: "Ikke tilkoblet",
+    },
+    da: {
+      locale: "da-DK",
+      status: {
+        loading: ["Et øjeblik", ""],
+        idle: ["Scan for at betale", "Åbn Vipps- eller MobilePay-appen, og scan koden"],
+        scan: ["Scan for at betale", "Åbn Vipps- eller MobilePay-appen, og scan koden"],
+        waiting: ["Scannet", "Ekspedienten slår dit køb ind"],
+        identifying: ["Et øjeblik", "Vi tjekker dit medlemskab"],
+        requesting: ["Et øjeblik", "Betalingen sendes til din app"],
+        approve: ["Godkend i appen", "Tjek din telefon, og godkend betalingen"],
+        cancelling: ["Annullerer", "Et øjeblik"],
+        authorized: ["Godkendt", "Tak"],
+        paid: ["Betalt", "Tak for dit køb"],
+        refunded: ["Refunderet", "Pengene er på vej tilbage"],
+        declined: ["Afvist", "Betalingen blev afvist i appen"],
+        expired: ["Udløbet", "Betalingen blev ikke godkendt i tide"],
+        cancelled: ["Annulleret", "Købet blev annulleret"],
+        failed: ["Betalingen mislykkedes", "Spørg ekspedienten"],
+        "link-expired": ["Linket er udløbet", "Åbn kundeskærmen igen fra kassen"],
+      },
+      title: "Betal med Vipps MobilePay",
+      purchase: "Dit køb",
+      tip: "Drikkepenge",
+      qr: "QR-kode: scan den med Vipps- eller MobilePay-appen",
+      connecting: "Forbinder …",
+      live: "Forbundet",
+      reconnecting: "Genopretter forbindelsen …",
+      closed: "Ikke forbundet",
+    },
+    fi: {
+      locale: "fi-FI",
+      status: {
+        loading: ["Hetkinen", ""],
+        idle: ["Maksa skannaamalla", "Avaa Vipps- tai MobilePay-sovellus ja skannaa koodi"],
+        scan: ["Maksa skannaamalla", "Avaa Vipps- tai MobilePay-sovellus ja skannaa koodi"],
+        waiting: ["Skannattu", "Kassa kirjaa ostoksiasi"],
+        identifying: ["Hetkinen", "Jäsenyyttäsi tarkistetaan"],
+        requesting: ["Hetkinen", "Maksu lähetetään sovellukseesi"],
+        approve: ["Hyväksy sovelluksessa", "Tarkista puhelimesi ja hyväksy maksu"],
+        cancelling: ["Peruutetaan", "Hetkinen"],
+        authorized: ["Hyväksytty", "Kiitos"],
+        paid: ["Maksettu", "Kiitos ostoksestasi"],
+        refunded: ["Hyvitetty", "Rahat palautetaan sinulle"],
+        declined: ["Hylätty", "Maksu hylättiin sovelluksessa"],
+        expired: ["Vanhentunut", "Maksua ei hyväksytty ajoissa"],
+        cancelled: ["Peruutettu", "Osto peruutettiin"],
+        failed: ["Maksu epäonnistui", "Kysy kassalta"],
+        "link-expired": ["Linkki on vanhentunut", "Avaa asiakasnäyttö uudelleen kassalta"],
+      },
+      title: "Maksa Vipps MobilePaylla",
+      purchase: "Ostoksesi",
+      tip: "Tippi",
+      qr: "QR-koodi: skannaa se Vipps- tai MobilePay-sovelluksella",
+      connecting: "Yhdistetään…",
+      live: "Yhteys toimii",
+      reconnecting: "Yhdistetään uudelleen…",
+      closed: "Ei yhteyttä",
+    },
   };
+  const LANGUAGE_OF_TAG = { nb: "nb", no: "nb", nn: "nb", da: "da", fi: "fi", en: "en" };
+
+  function browserLanguage() {
+    for (const tag of navigator.languages || [navigator.language || ""]) {
+      const language = LANGUAGE_OF_TAG[tag.split("-")[0].toLowerCase()];
+      if (language) return language;
+    }
+    return "en";
+  }
+
+  let words = WORDS[browserLanguage()];
+  let connectionState = "connecting";
+
+  function useLanguage(language) {
+    words = WORDS[language] || WORDS.en;
+    document.documentElement.lang = language in WORDS ? language : "en";
+    document.title = words.title;
+    byId("purchase").textContent = words.purchase;
+    byId("qr").alt = words.qr;
+    body.dataset.language = document.documentElement.lang;
+    setConnection(connectionState);
+    render(body.dataset.status || "loading", current);
+  }
+
   const QR_STATUSES = new Set(["idle", "scan"]);
   const WAITING_SECONDS = 180;
   const RETRY_MS = 2000;
@@ -54,15 +180,18 @@
   let connections = 0;
   let snapshots = 0;
 
+  // Minor units as the display's locale writes money: 34900 NOK → "349,00 kr" (nb-NO).
   function money(value, currency) {
-    const abs = Math.abs(value);
-    const major = Math.floor(abs / 100).toString().replace(/\B(?=(\d{3})+(?!\d))/g, " ");
-    const minor = String(abs % 100).padStart(2, "0");
-    return (value < 0 ? "−" : "") + major + "." + minor + " " + currency;
+    return new Intl.NumberFormat(words.locale, {
+      style: "currency",
+      currency: currency,
+      minimumFractionDigits: 2,
+      maximumFractionDigits: 2,
+    }).format(value / 100);
   }
 
   function render(status, view) {
-    const [headline, subline] = TEXT[status] || TEXT.idle;
+    const [headline, subline] = words.status[status] || words.status.idle;
     body.dataset.status = status;
     body.dataset.checkoutId = view ? view.checkoutId : "";
     byId("headline").textContent = headline;
@@ -91,7 +220,7 @@
     }
     const tip = byId("tip");
     tip.hidden = !(view && view.tip);
-    tip.textContent = view && view.tip ? "Tip " + money(view.tip, view.amount.currency) : "";
+    tip.textContent = view && view.tip ? words.tip + " " + money(view.tip, view.amount.currency) : "";
     byId("receipt").hidden = lines.length === 0;
   }
 
@@ -143,9 +272,10 @@
     showView(view);
   }
 
-  function setConnection(state, text) {
+  function setConnection(state) {
+    connectionState = state;
     body.dataset.connection = state;
-    byId("connection").textContent = text;
+    byId("connection").textContent = words[state];
   }
 
   function linkExpired() {
@@ -155,7 +285,7 @@
     clearTimeout(holdTimer);
     current = null;
     render("link-expired", null);
-    setConnection("closed", "Not connected");
+    setConnection("closed");
   }
 
   // "ok" | "refused" (the token is no good) | "offline" (no answer; try again)
@@ -177,6 +307,7 @@
     const session = await response.json();
     validUntil = Date.now() + session.lifetimeSeconds * 1000;
     byId("location").textContent = session.locationDescription;
+    if (session.language !== body.dataset.language) useLanguage(session.language);
     clearTimeout(renewTimer);
     renewTimer = setTimeout(keepRenewing, session.lifetimeSeconds * 500);
     return "ok";
@@ -198,14 +329,14 @@
     source.onopen = function () {
       connections += 1;
       body.dataset.connections = String(connections);
-      setConnection("live", "Live");
+      setConnection("live");
     };
     source.onmessage = function (event) {
       if (event.lastEventId) lastEventId = event.lastEventId;
       apply(JSON.parse(event.data));
     };
     source.onerror = function () {
-      setConnection("reconnecting", "Reconnecting…");
+      setConnection("reconnecting");
       // CONNECTING: the browser retries by itself with Last-Event-ID. CLOSED: it gave up.
       if (source.readyState === EventSource.CLOSED) scheduleReconnect();
     };
@@ -230,7 +361,7 @@
     const token = match ? decodeURIComponent(match[1]) : null;
     const outcome = await renew(token);
     if (outcome === "offline") {
-      setConnection("reconnecting", "Reconnecting…");
+      setConnection("reconnecting");
       setTimeout(start, RETRY_MS);
       return;
     }
@@ -246,5 +377,6 @@
     connect(false);
   }
 
+  useLanguage(browserLanguage());
   start();
 })();
