@@ -318,3 +318,19 @@ class IdempotentRequest(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     created_at: Mapped[datetime] = _ts()
+
+
+class VippsKeySet(Base):
+    """A sales unit's own Vipps API keys (``client_id``, ``client_secret``, subscription key),
+    encrypted like every other secret here. ``fingerprint`` tells key sets apart in listings
+    without revealing any of them (see ``app.vipps.credentials.Credentials.fingerprint``)."""
+
+    __tablename__ = "vipps_key_sets"
+
+    msn: Mapped[str] = mapped_column(String(6), primary_key=True)
+    client_id_enc: Mapped[str] = mapped_column(Text)
+    client_secret_enc: Mapped[str] = mapped_column(Text)
+    subscription_key_enc: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = _ts()
+    rotated_at: Mapped[datetime | None] = _ts(nullable=True)

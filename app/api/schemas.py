@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.alias_generators import to_camel
 
 from app.models import Checkout, Store, Till, WebhookRegistration
@@ -434,6 +434,53 @@ class EnsureOut(ApiModel):
     created: bool
     removed: list[str]
     foreign: list[str]
+
+
+class VippsKeysRequest(ApiModel):
+    """A sales unit's own API keys, from the Vipps MobilePay business portal. Never echoed."""
+
+    model_config = _examples(
+        {
+            "clientId": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+            "clientSecret": "<client secret>",
+            "subscriptionKey": "<Ocp-Apim-Subscription-Key>",
+            "verify": True,
+        }
+    )
+
+    client_id: SecretStr = Field(min_length=1, max_length=200)
+    client_secret: SecretStr = Field(min_length=1, max_length=500)
+    subscription_key: SecretStr = Field(min_length=1, max_length=200)
+    verify: bool = Field(
+        default=True,
+        description="Try the keys at Vipps for this MSN before storing them (an access token "
+        "and the sales unit's QR list): wrong keys or another sales unit's are refused.",
+    )
+
+
+class VippsKeySetOut(ApiModel):
+    """A key set we hold: where it comes from and its fingerprint, never the keys."""
+
+    model_config = _examples(
+        {
+            "msn": "123456",
+            "source": "sales_unit",
+            "fingerprint": "5d41402abc4b",
+            "createdAt": "2026-03-01T08:00:00Z",
+            "rotatedAt": None,
+        }
+    )
+
+    msn: str | None = Field(description="None for partner keys: they cover every sales unit.")
+    source: Literal["sales_unit", "partner", "configured"]
+    fingerprint: str
+    created_at: datetime | None = None
+    rotated_at: datetime | None = None
+
+
+class SavedVippsKeysOut(VippsKeySetOut):
+    created: bool
+    verified: bool
 
 
 class InboxEventOut(ApiModel):

@@ -7,6 +7,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from app.vipps.credentials import NoCredentials
 from app.vipps.errors import VippsAuthError, VippsError, VippsRejected, VippsUnavailable
 
 
@@ -132,6 +133,21 @@ class MsnNotAccessible(ServiceError):
     status, code, title = 422, "msn_not_accessible", "Sales unit not accessible"
 
 
+class MsnNotCovered(ServiceError):
+    """We hold no Vipps API keys for this sales unit, so nothing can be done for it at Vipps."""
+
+    status, code, title = 422, "msn_not_covered", "No Vipps API keys for this sales unit"
+
+    def __init__(self, msn: str) -> None:
+        super().__init__(
+            f"no Vipps API keys cover sales unit {msn}: add its own keys (`vipps-pos keys add "
+            f"{msn}` or PUT /api/v1/vipps-keys/{msn}), or configure partner keys "
+            "(VIPPS_POS_VIPPS__PARTNER_KEYS=true with the partner's keys)",
+            msn=msn,
+        )
+        self.errors = [{"field": "msn", "code": self.code, "message": self.detail}]
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -144,6 +160,8 @@ def vipps_errors_as_problems(call: Callable[P, Awaitable[R]]) -> Callable[P, Awa
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await call(*args, **kwargs)
+        except NoCredentials as exc:
+            raise MsnNotCovered(exc.msn or "?") from exc
         except VippsAuthError as exc:
             if exc.status == 403:
                 raise MsnNotAccessible(

@@ -25,6 +25,7 @@ from app.service.audit import append_audit
 from app.service.context import ServiceContext, unit_of_work
 from app.service.errors import (
     MsnNotAccessible,
+    MsnNotCovered,
     ServiceError,
     StoreNotFound,
     TillExists,
@@ -32,6 +33,8 @@ from app.service.errors import (
     VippsRefused,
     VippsUnreachable,
 )
+from app.service.keys import VippsKeys
+from app.vipps.credentials import NoCredentials
 from app.vipps.errors import VippsAuthError, VippsError, VippsNotFound, VippsRejected
 
 log = structlog.get_logger("app.tills")
@@ -45,8 +48,9 @@ class NewTill:
 
 
 class TillService:
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, keys: VippsKeys) -> None:
         self.ctx = ctx
+        self.keys = keys
 
     async def upsert_store(
         self,
@@ -108,6 +112,10 @@ class TillService:
         actor: str = "admin",
     ) -> NewTill:
         msn = msn or self.ctx.settings.vipps.default_msn
+        if await self.keys.source_for(msn) is None:
+            # Every call for this till would fail at Vipps (403) or never leave (no keys):
+            # refuse now, naming what to add, instead of registering a till that cannot sell.
+            raise MsnNotCovered(msn)
         key_id, api_key, key_hash = new_api_key()
         now = self.ctx.clock()
         try:
@@ -270,6 +278,8 @@ class TillService:
                 qr = await self.ctx.vipps.get_callback_qr(till.msn, till.merchant_qr_id)
             except VippsRejected as exc:
                 raise VippsRefused(str(exc)[:300]) from exc
+            except NoCredentials as exc:
+                raise MsnNotCovered(till.msn) from exc
             except VippsAuthError as exc:
                 if exc.status == 403:
                     # Vipps: "The API keys are not valid for sales unit …" — the till's MSN is

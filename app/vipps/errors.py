@@ -3,7 +3,8 @@
 The tree (callers branch on the class, never on message text)::
 
     VippsError                      anything that went wrong talking to Vipps
-    ├── VippsUnavailable            retryable: connection error, timeout, 5xx, 429, 423
+    ├── VippsUnavailable            retryable: connection error, timeout, 5xx, 429, 423, and
+    │   │                           the "retry" codes 6250 and 6280 whatever their status
     │   │                           (``retry_after`` holds Retry-After when Vipps sent one)
     │   └── VippsOutcomeUnknown     a mutating request may have been processed: read timeout,
     │                               connection dropped after sending, or 5xx. GET the resource
@@ -45,6 +46,10 @@ _DIGIT_RUN = re.compile(r"\+?\d[\d ]{6,}\d")
 # Customer tokens are base64 (~60 chars), access tokens are JWTs: any long opaque run goes.
 _OPAQUE_RUN = re.compile(r"[A-Za-z0-9+/_=.\-]{32,}")
 _MAX_TEXT = 300
+# ePayment refusals that say "try again", whatever their status: 6250 "cannot cancel while the
+# user is mid-authorization; retry later" (REFERENCE.md §7.6) and 6280 "transient failure; retry
+# with the same key" (§7.5). Vipps does not remember them against the Idempotency-Key.
+RETRY_LATER_CODES = frozenset({"6250", "6280"})
 
 
 def redact(text: str | None) -> str | None:
@@ -311,8 +316,9 @@ def error_from_response(response: httpx.Response, *, operation: str) -> VippsErr
         "invalid_params": body.invalid_params,
         "oauth_error": body.oauth_error,
     }
-    if status == 429 or status == 423 or status >= 500:
+    if status == 429 or status == 423 or status >= 500 or body.error_code in RETRY_LATER_CODES:
         # 423: payment locked by a concurrent operation, retry shortly (REFERENCE.md §1).
+        # 6250 and 6280 are refusals Vipps tells us to retry (see RETRY_LATER_CODES).
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return VippsUnavailable("Vipps unavailable", retry_after=retry_after, **fields)
     if status in (401, 403):
