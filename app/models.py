@@ -151,7 +151,11 @@ class Checkout(Base):
     next_poll_at: Mapped[datetime | None] = _ts(nullable=True)
     poll_count: Mapped[int] = mapped_column(Integer, server_default="0")
     # Epoch seconds of recent mutating calls for this reference (Vipps: 5 per minute).
-    mutating_calls: Mapped[list[float]] = mapped_column(JsonType, default=list)
+    # Epoch stamps of recent mutating Vipps calls per operation ({"CAPTURE": [...], ...}); rows
+    # written before per-operation budgets hold one list for all operations.
+    mutating_calls: Mapped[dict[str, list[float]] | list[float]] = mapped_column(
+        JsonType, default=list
+    )
     version: Mapped[int] = mapped_column(Integer, server_default="1")
 
 

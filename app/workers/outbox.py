@@ -10,8 +10,9 @@ Invariants:
   create, capture or refund whose GET fails is re-sent with the same key and body, which Vipps
   answers with the original outcome (REFERENCE.md §7.10).
 * Commands of one checkout run in order (see :func:`repository.claim_outbox`).
-* At most 5 mutating calls per minute per payment reference (Vipps's limit, REFERENCE.md §7.11):
-  each call's time is recorded on the checkout, and a command that would exceed it waits.
+* At most 5 calls per minute per payment reference **and operation** (Vipps's limit, REFERENCE.md
+  §7.11: create, capture, cancel and refund each have their own): each call's time is recorded on
+  the checkout under its operation, and a command that would exceed its operation's budget waits.
 * No lock is held during a call: the claim commits before, the result is recorded after.
 """
 
@@ -99,6 +100,44 @@ REFUND = _MoneyMove(
     EventKind.REFUND_SUCCEEDED,
     EventKind.REFUND_FAILED,
 )
+
+
+def _budget_key(command: OutboxCommand) -> str:
+    return f"{command.msn}:{command.reference}:{command.kind}"
+
+
+# Key under which stamps of the older, pooled shape (one list for all operations) are carried.
+_POOLED = "*"
+
+
+def recorded_calls(stored: object, kind: str) -> list[float]:
+    """Stamps of recorded ``kind`` calls from ``checkouts.mutating_calls``.
+
+    The column holds ``{"CAPTURE": [epoch, ...], "REFUND": [...], ...}``. Rows written before
+    budgets were per operation hold one list for every operation; those stamps (and any carried
+    forward under ``"*"``) count against every operation — over-cautious for at most a minute.
+    """
+    if isinstance(stored, list):
+        return [float(t) for t in stored]
+    if isinstance(stored, dict):
+        return [float(t) for t in [*stored.get(kind, []), *stored.get(_POOLED, [])]]
+    return []
+
+
+def with_call(stored: object, kind: str, stamp: float) -> dict[str, list[float]]:
+    """``stored`` (either shape) with ``stamp`` added under ``kind`` and stamps older than the
+    window dropped; at most twice the budget is kept per operation."""
+    calls: dict[str, list[float]] = {}
+    if isinstance(stored, list):
+        calls[_POOLED] = [float(t) for t in stored]
+    elif isinstance(stored, dict):
+        calls = {str(k): [float(t) for t in v] for k, v in stored.items() if isinstance(v, list)}
+    calls.setdefault(kind, []).append(stamp)
+    kept = {
+        k: [t for t in v if stamp - t < RATE_LIMIT_WINDOW][-(RATE_LIMIT_CALLS * 2) :]
+        for k, v in calls.items()
+    }
+    return {k: v for k, v in kept.items() if v}
 
 
 def _reason(error: VippsError) -> str:
@@ -265,15 +304,20 @@ class OutboxWorker:
     ) -> tuple[float, float | None]:
         """Seconds to wait before this call may go out, and the call's stamp if it may now.
 
-        Stamps of recorded calls come from the checkout; calls this process has made but not yet
-        recorded are in ``self._calls`` under the same stamp, so none is counted twice.
+        The budget is per reference and operation: Vipps lists create, capture, cancel and
+        refund as separate rows of 5 per minute each (REFERENCE.md §7.11), so three refunds
+        after a capture do not hold a fourth refund back. Every attempt counts, refused ones
+        and repeats with the same Idempotency-Key included: the limit's key is reference + MSN,
+        not the idempotency key. Stamps of recorded calls come from the checkout; calls this
+        process has made but not yet recorded are in ``self._calls`` under the same stamp, so
+        none is counted twice.
         """
         if command.kind not in _MUTATING:
             return 0.0, None
         now = time.time()
-        key = f"{command.msn}:{command.reference}"
-        recorded = [t for t in (checkout.mutating_calls if checkout else []) if now - t < 60]
-        local = self._calls.setdefault(key, deque(maxlen=RATE_LIMIT_CALLS * 2))
+        stored = checkout.mutating_calls if checkout else None
+        recorded = [t for t in recorded_calls(stored, command.kind) if now - t < RATE_LIMIT_WINDOW]
+        local = self._calls.setdefault(_budget_key(command), deque(maxlen=RATE_LIMIT_CALLS * 2))
         while local and now - local[0] >= RATE_LIMIT_WINDOW:
             local.popleft()
         recent = sorted(set(recorded) | set(local))
@@ -292,7 +336,7 @@ class OutboxWorker:
         after the first: the provider-faults soak, docs/RELIABILITY.md F7).
         """
         ended = time.time()
-        local = self._calls.get(f"{command.msn}:{command.reference}")
+        local = self._calls.get(_budget_key(command))
         if local is not None and sent in local:
             local.remove(sent)
             local.append(ended)
@@ -468,8 +512,9 @@ class OutboxWorker:
                 row.result = result.detail or {"event": result.event.kind if result.event else None}
             if checkout is not None:
                 if call_stamp is not None:
-                    recent = [t for t in checkout.mutating_calls or [] if call_stamp - t < 60]
-                    checkout.mutating_calls = [*recent[-(RATE_LIMIT_CALLS * 2) :], call_stamp]
+                    checkout.mutating_calls = with_call(
+                        checkout.mutating_calls, row.kind, call_stamp
+                    )
                 if result.failure_code:
                     checkout.failure_code = result.failure_code[:64]
                 if result.event is not None:

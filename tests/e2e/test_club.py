@@ -16,8 +16,7 @@ from sqlalchemy import select, update
 
 from app.models import Checkout
 from app.observability.pii import find_pii
-from app.simulator import SimulatorConfig
-from tests.support.stack import Stack, in_process_stack
+from tests.support.stack import Stack, in_process_stack, simulator_config
 
 OLA = "4712345678"  # simulator test users
 KARI = "4798765432"
@@ -151,7 +150,7 @@ async def impatient_club(
 @asynccontextmanager
 async def _club_stack(database_url: str, **settings: Any) -> AsyncIterator[ClubRun]:
     # Logins answer within a second in tests; Vipps's default interval is 5 s.
-    config = SimulatorConfig(strict=True, ciba_interval_seconds=1)
+    config = simulator_config(ciba_interval_seconds=1)
     async with in_process_stack(database_url, sim_config=config, **settings) as stack:
         await stack.ensure_webhook()
         yield ClubRun(stack, await stack.register_till(store_id="club-store"))
