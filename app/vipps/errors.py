@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -50,6 +51,31 @@ _MAX_TEXT = 300
 # user is mid-authorization; retry later" (REFERENCE.md §7.6) and 6280 "transient failure; retry
 # with the same key" (§7.5). Vipps does not remember them against the Idempotency-Key.
 RETRY_LATER_CODES = frozenset({"6250", "6280"})
+# What documented ePayment codes mean (REFERENCE.md §1, §7.5-§7.10). Vipps's problem ``title`` is
+# often only the HTTP status phrase ("Bad Request"); for a documented code the meaning takes its
+# place, so the reason a till or an operator sees says what happened.
+EPAYMENT_CODE_MEANINGS = {
+    "4010": "capture retried with the same Idempotency-Key but another body",
+    "4020": "Idempotency-Key already used with another request",
+    "4040": "amounts must be whole minor units",
+    "4150": "reference already used, or refund retried with the same key but another body",
+    "5040": "currency does not match the sales unit's market",
+    "5050": "long-living payments are not enabled for this sales unit",
+    "5080": "PUSH_MESSAGE is not approved for this sales unit (ask Vipps MobilePay to approve "
+    "it, or set VIPPS_POS_VIPPS__USER_FLOW)",
+    "6010": "amount below the minimum",
+    "6040": "a fully captured payment cannot be cancelled; refund it instead",
+    "6060": "already authorized; the cancel of a pending payment was refused",
+    "6080": "not authorized (yet)",
+    "6090": "amount higher than what is left to capture",
+    "6100": "capture period expired: the reservation lapsed and cannot be captured any more",
+    "6140": "partial capture is not allowed for this sales unit",
+    "6150": "amount higher than what is left to refund",
+    "6250": "the customer is authorizing the payment; retry later",
+    "6260": "funds released early: the reservation was released before the capture",
+    "6280": "transient failure; retry with the same Idempotency-Key",
+}
+_STATUS_PHRASES = frozenset(status.phrase.lower() for status in HTTPStatus)
 
 
 def redact(text: str | None) -> str | None:
@@ -271,6 +297,9 @@ def parse_error_body(response: httpx.Response) -> _ParsedBody:
         or _text(payload.get("error_description"))
         or _text(payload.get("message"))
     )
+    if title is None or title.lower() in _STATUS_PHRASES:
+        # Only the status phrase: what the documented code means, else Vipps's detail, says more.
+        title = EPAYMENT_CODE_MEANINGS.get(code or "") or detail or title
     trace_id = _text(payload.get("traceId")) or _text(payload.get("instance"))
     return _ParsedBody(
         title=redact(title),
