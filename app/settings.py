@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.vipps.webhook_urls import webhook_url_refusal
+
 # Development placeholders. They let `make demo` run with nothing configured, and production mode
 # refuses every one of them.
 PLACEHOLDER_PREFIX = "dev-placeholder-"
@@ -279,8 +281,9 @@ class Settings(BaseSettings):
             problems.append(
                 "VIPPS_POS_CLUB__DIRECTORY_URL must be https (it receives phone numbers)"
             )
-        if not self.webhooks.public_url.startswith("https://"):
-            problems.append("VIPPS_POS_WEBHOOKS__PUBLIC_URL must be https (Vipps requires TLS)")
+        refusal = webhook_url_refusal(self.webhooks.public_url)
+        if refusal is not None:
+            problems.append(f"VIPPS_POS_WEBHOOKS__PUBLIC_URL: {refusal}")
         return problems
 
     def check_startable(self) -> None:

@@ -479,8 +479,20 @@ class VippsKeySetOut(ApiModel):
 
 
 class SavedVippsKeysOut(VippsKeySetOut):
-    created: bool
-    verified: bool
+    model_config = _examples(
+        {
+            "msn": "654321",
+            "source": "sales_unit",
+            "fingerprint": "9b71d224bd62",
+            "createdAt": "2026-03-01T08:00:00Z",
+            "rotatedAt": "2026-06-01T08:00:00Z",
+            "created": False,
+            "verified": True,
+        }
+    )
+
+    created: bool = Field(description="True when the sales unit had no keys here before.")
+    verified: bool = Field(description="The keys were tried at Vipps for this MSN first.")
 
 
 class InboxEventOut(ApiModel):
