@@ -608,14 +608,17 @@ def keys_list(as_json: bool = JSON_OPTION) -> None:
 
 
 @keys_app.command("remove", epilog="Example: vipps-pos keys remove 123456")
-def keys_remove(msn: str = _MSN_ARGUMENT) -> None:
+def keys_remove(msn: str = _MSN_ARGUMENT, as_json: bool = JSON_OPTION) -> None:
     """Forget a sales unit's own keys; refused while its active tills have no other keys."""
 
     async def work(services: Services) -> None:
         await services.keys.remove(msn, actor="cli")
 
     _run(work)
-    typer.echo(f"keys for {msn} removed")
+    if as_json:
+        _print_json({"msn": msn, "removed": True})
+    else:
+        typer.echo(f"keys for {msn} removed")
 
 
 # ---- checkouts --------------------------------------------------------------------------------
