@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> None:
         help="development switch: accept http:// webhook URLs on this machine (Vipps: https only)",
     )
     parser.add_argument(
+        "--dev-webhook-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --allow-http-localhost: a host name to treat as this machine (repeatable)",
+    )
+    parser.add_argument(
         "--approved",
         action="store_true",
         help="sales units with PUSH_MESSAGE approved and Login enabled (default: as a fresh "
@@ -44,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         strict=args.strict,
         fault_seed=args.fault_seed,
         allow_http_localhost_webhooks=args.allow_http_localhost,
+        development_webhook_hosts=tuple(args.dev_webhook_host),
     )
     if args.approved:
         config.sales_units = tuple(approved(unit) for unit in config.sales_units)

@@ -205,6 +205,9 @@ class SimulatorConfig:
     # host is this machine (localhost, 127.0.0.0/8, ::1). The demo and the end-to-end tests that
     # run the service on a local port turn it on explicitly.
     allow_http_localhost_webhooks: bool = False
+    # With the switch on, these host names count as this machine too (e.g. the service's name in
+    # a docker-compose network, where it is not localhost to the simulator).
+    development_webhook_hosts: tuple[str, ...] = ()
 
     # Login (CIBA): `expires_in` and `interval` of the authentication response (REFERENCE.md §8.2).
     ciba_expires_in_seconds: int = 600

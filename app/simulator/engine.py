@@ -1087,7 +1087,8 @@ class Simulator:
         if parts.scheme not in ("https", "http") or not host:
             return "The url must be an absolute HTTPS URL."
         loopback = _is_loopback(host)
-        if loopback and self.config.allow_http_localhost_webhooks:
+        development = loopback or host in self.config.development_webhook_hosts
+        if development and self.config.allow_http_localhost_webhooks:
             return None
         if parts.scheme != "https":
             return "The URL must use HTTPS."

@@ -367,3 +367,15 @@ async def test_sales_unit_keys_log_in_for_their_own_unit_only(env: Env) -> None:
     assert (await _ciba(env, "4712345678", {"Authorization": f"Basic {dkk}"}))[0] == 200
     foreign = {"Authorization": BASIC, "Merchant-Serial-Number": DKK_MSN}
     assert (await _ciba(env, "4798765432", foreign))[0] == 400
+
+
+async def test_named_development_hosts_count_as_this_machine_only_with_the_switch() -> None:
+    body = {"url": "http://vipps-pos:8000/hook", "events": ["epayments.payment.captured.v1"]}
+    async with open_env(development_webhook_hosts=("vipps-pos",)) as env:
+        refused = await env.client.post("/webhooks/v1/webhooks", headers=env.headers(), json=body)
+        assert refused.status_code == 400
+    async with open_env(
+        allow_http_localhost_webhooks=True, development_webhook_hosts=("vipps-pos",)
+    ) as env:
+        accepted = await env.client.post("/webhooks/v1/webhooks", headers=env.headers(), json=body)
+        assert accepted.status_code == 201
