@@ -83,7 +83,7 @@ async def test_keys_are_tried_at_vipps_before_they_are_stored(database_url: str)
 
 
 async def test_keys_are_stored_encrypted_listed_by_fingerprint_rotated_and_audited(
-    database_url: str,
+    database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with checked_stack(database_url) as stack:
         put = await stack.service.put(
@@ -122,6 +122,13 @@ async def test_keys_are_stored_encrypted_listed_by_fingerprint_rotated_and_audit
             assert all(secret not in str(e.detail) for e in entries)
         assert [e.action for e in entries] == ["vipps_keys.add", "vipps_keys.rotate"]
         assert entries[0].detail["fingerprint"] == added["fingerprint"]
+        # A sale on the sales unit's keys: they are used, and never logged.
+        await stack.ensure_webhook(DKK_MSN)
+        await _dkk_sale(stack)
+    logged = "".join(capsys.readouterr())
+    assert "vipps_keys.saved" in logged
+    for secret in DKK_KEYS.values():
+        assert secret not in logged
 
 
 async def test_keys_in_use_by_active_tills_are_not_removed(database_url: str) -> None:
