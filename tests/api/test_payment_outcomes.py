@@ -11,23 +11,13 @@ from tests.api.support import (
     checked_stack,
     effective_calls,
     ledger,
-    payment_sent,
+    sale,
     sessions,
 )
 from tests.support.stack import Stack
 
 # The reconciler stays out of the way where a test orders events by hand (webhooks paused).
 NO_EARLY_POLL = {"reconcile_first_poll_seconds": 60.0}
-
-
-async def sale(
-    stack: Stack, amount: int = 10000, **body: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A till with a checkout whose payment request is on the customer's phone."""
-    till = await stack.register_till()
-    checkout = await stack.checkout(till, amount, **body)
-    await stack.scan(till)
-    return till, await payment_sent(stack, till, checkout["id"])
 
 
 async def post(

@@ -11,19 +11,10 @@ from typing import Any
 
 from app.simulator import SalesUnit, approved
 from app.workers.outbox import recorded_calls, with_call
-from tests.api.support import checked_stack, ledger, payment_sent
+from tests.api.support import checked_stack, ledger, sale
 from tests.support.stack import Stack, simulator_config
 
 NO_EARLY_POLL = {"reconcile_first_poll_seconds": 60.0}
-
-
-async def _sale(
-    stack: Stack, amount: int = 10000, **body: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    till = await stack.register_till()
-    checkout = await stack.checkout(till, amount, **body)
-    await stack.scan(till)
-    return till, await payment_sent(stack, till, checkout["id"])
 
 
 async def _post(stack: Stack, till: dict[str, Any], path: str, body: Any = None) -> Any:
@@ -45,7 +36,7 @@ async def test_refunds_have_their_own_budget_next_to_create_and_capture(
     Vipps counts refunds apart from creates and captures, and so does the service now."""
     async with checked_stack(database_url) as stack:
         await stack.ensure_webhook()
-        till, checkout = await _sale(stack, 10000)
+        till, checkout = await sale(stack, 10000)
         await stack.approve(checkout["reference"])
         await stack.wait_state(till, checkout["id"], "CAPTURED")
         for n in range(1, 5):
@@ -98,7 +89,7 @@ async def test_a_capture_after_the_capture_period_fails_with_6100_and_says_so(
     config = simulator_config(capture_period_seconds=120)
     async with checked_stack(database_url, sim_config=config, workers=NO_EARLY_POLL) as stack:
         await stack.ensure_webhook()
-        till, checkout = await _sale(stack, 4000, captureMode="MANUAL")
+        till, checkout = await sale(stack, 4000, captureMode="MANUAL")
         await stack.approve(checkout["reference"])
         await stack.wait_state(till, checkout["id"], "AUTHORIZED")
         stack.simulator.advance_clock(121)
@@ -114,7 +105,7 @@ async def test_a_capture_after_the_capture_period_fails_with_6100_and_says_so(
 async def test_funds_released_early_fail_the_capture_with_6260(database_url: str) -> None:
     async with checked_stack(database_url, workers=NO_EARLY_POLL) as stack:
         await stack.ensure_webhook()
-        till, checkout = await _sale(stack, 4000, captureMode="MANUAL")
+        till, checkout = await sale(stack, 4000, captureMode="MANUAL")
         await stack.approve(checkout["reference"])
         await stack.wait_state(till, checkout["id"], "AUTHORIZED")
         await stack.sim.post(f"/_sim/payments/{checkout['reference']}/release-funds", json={})
@@ -129,7 +120,7 @@ async def test_a_transient_capture_failure_6280_is_retried_with_the_same_key(
 ) -> None:
     async with checked_stack(database_url) as stack:
         await stack.ensure_webhook()
-        till, checkout = await _sale(stack, 6100)
+        till, checkout = await sale(stack, 6100)
         await stack.sim.post(
             f"/_sim/payments/{checkout['reference']}/fail-captures", json={"times": 2}
         )
@@ -146,14 +137,14 @@ async def test_a_transient_capture_failure_6280_is_retried_with_the_same_key(
 # ---- cancel while the customer authorizes -----------------------------------------------------
 
 
-async def test_a_cancel_while_the_customer_authorizes_waits_and_then_ends_the_sale(
+async def test_a_cancel_while_the_customer_authorizes_waits_and_then_ends_thesale(
     database_url: str,
 ) -> None:
     """423 / 6250: Vipps cannot cancel mid-authorization; the service tries again later with
     the same key instead of giving up, and the sale ends once the customer is done."""
     async with checked_stack(database_url, workers=NO_EARLY_POLL) as stack:
         await stack.ensure_webhook()
-        till, checkout = await _sale(stack, 3000)
+        till, checkout = await sale(stack, 3000)
         reference = checkout["reference"]
         await stack.sim.post(f"/_sim/payments/{reference}/authorizing", json={})
         cancel = stack.service.post(
@@ -183,7 +174,7 @@ async def test_a_refund_after_the_refund_window_is_refused_with_vippss_reason(
     config = simulator_config(refund_window_seconds=300)
     async with checked_stack(database_url, sim_config=config) as stack:
         await stack.ensure_webhook()
-        till, checkout = await _sale(stack, 5000)
+        till, checkout = await sale(stack, 5000)
         await stack.approve(checkout["reference"])
         await stack.wait_state(till, checkout["id"], "CAPTURED")
         stack.simulator.advance_clock(301)
