@@ -448,9 +448,9 @@ class VippsKeysRequest(ApiModel):
         }
     )
 
-    client_id: SecretStr = Field(min_length=1, max_length=200)
+    client_id: SecretStr = Field(min_length=1, max_length=500)
     client_secret: SecretStr = Field(min_length=1, max_length=500)
-    subscription_key: SecretStr = Field(min_length=1, max_length=200)
+    subscription_key: SecretStr = Field(min_length=1, max_length=500)
     verify: bool = Field(
         default=True,
         description="Try the keys at Vipps for this MSN before storing them (an access token "

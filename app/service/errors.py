@@ -133,6 +133,13 @@ class MsnNotAccessible(ServiceError):
     status, code, title = 422, "msn_not_accessible", "Sales unit not accessible"
 
 
+class VippsKeysRefused(ServiceError):
+    """Vipps refused the keys we hold (401): wrong, revoked or expired in the portal. Nothing a
+    retry fixes; an operator rotates them."""
+
+    status, code, title = 422, "vipps_keys_refused", "Vipps refused our API keys"
+
+
 class MsnNotCovered(ServiceError):
     """We hold no Vipps API keys for this sales unit, so nothing can be done for it at Vipps."""
 
@@ -167,7 +174,11 @@ def vipps_errors_as_problems(call: Callable[P, Awaitable[R]]) -> Callable[P, Awa
                 raise MsnNotAccessible(
                     "the Vipps credentials do not cover this sales unit (MSN)"
                 ) from exc
-            raise VippsRefused("Vipps refused our credentials", vippsStatus=exc.status) from exc
+            raise VippsKeysRefused(
+                "Vipps refused our API keys for this sales unit: rotate them (`vipps-pos keys "
+                "rotate <msn>`) or fix the configured keys",
+                vippsStatus=exc.status,
+            ) from exc
         except VippsRejected as exc:
             raise VippsRefused(
                 exc.title or "refused", vippsStatus=exc.status, vippsCode=exc.error_code

@@ -41,7 +41,12 @@ from app.service.context import utcnow
 from app.service.errors import Conflict, NotFound, ServiceError, VippsUnreachable
 from app.settings import Settings
 from app.vipps.client import VippsClient
-from app.vipps.credentials import Credentials, NoCredentials, StaticCredentials
+from app.vipps.credentials import (
+    Credentials,
+    NoCredentials,
+    StaticCredentials,
+    key_value_problem,
+)
 from app.vipps.errors import VippsAuthError, VippsError, VippsUnavailable
 
 log = structlog.get_logger("app.keys")
@@ -74,6 +79,16 @@ class KeysInUse(Conflict):
             "deactivate them or configure partner keys first",
             msn=msn,
         )
+
+
+class InvalidKeys(ServiceError):
+    """Values that cannot be API keys (they would not even fit in an HTTP header)."""
+
+    status, code, title = 422, "validation_error", "The request is not valid"
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{p['field']}: {p['message']}" for p in problems))
+        self.errors = problems
 
 
 class KeysRejected(ServiceError):
@@ -210,6 +225,17 @@ class VippsKeys:
         sales unit's QR list read, which Vipps answers with 401 for wrong keys and 403 for keys
         of another sales unit. Nothing is stored unless Vipps accepted them.
         """
+        problems = [
+            {"field": field, "code": "invalid_key", "message": problem}
+            for field, value in (
+                ("clientId", client_id),
+                ("clientSecret", client_secret),
+                ("subscriptionKey", subscription_key),
+            )
+            if (problem := key_value_problem(value.get_secret_value())) is not None
+        ]
+        if problems:
+            raise InvalidKeys(problems)
         keys = Credentials(client_id, client_secret, subscription_key)
         if verify:
             if self._vipps is None:

@@ -18,6 +18,7 @@ units with their own keys never share a token.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,17 @@ from typing import Protocol
 from pydantic import SecretStr
 
 from app.vipps.errors import VippsAuthError
+
+_KEY_VALUE = re.compile(r"[\x21-\x7e]{1,500}")
+
+
+def key_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an API key, or None. Keys travel in HTTP headers (``client_id``,
+    ``client_secret``, ``Ocp-Apim-Subscription-Key``), so they are visible ASCII without spaces;
+    the portal's are GUIDs and hex or base64 strings."""
+    if _KEY_VALUE.fullmatch(value):
+        return None
+    return "must be 1-500 visible ASCII characters without spaces"
 
 
 @dataclass(frozen=True)
