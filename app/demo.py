@@ -21,7 +21,8 @@ from app.devstack import BackgroundServer, free_port
 from app.main import create_app
 from app.migrations import upgrade
 from app.settings import DEV_ADMIN_KEY, Settings
-from app.simulator import SimulatorConfig, create_simulator_app
+from app.simulator import SimulatorConfig, approved, create_simulator_app
+from app.simulator.config import DEFAULT_SALES_UNITS
 
 DEMO_DIR = Path("var/demo")
 MSN = "123456"
@@ -370,9 +371,17 @@ def run_demo(
     service_port = port if port is not None else _port(8000)
     sim_port = sim_port if sim_port is not None else _port(8081)
     service_url = f"http://127.0.0.1:{service_port}"
-    simulator = BackgroundServer(
-        create_simulator_app(SimulatorConfig(strict=True, ciba_interval_seconds=1)), port=sim_port
-    ).start()
+    config = SimulatorConfig(
+        strict=True,
+        ciba_interval_seconds=1,
+        # What the merchant asks Vipps MobilePay for before going live (docs/operations.md):
+        # the demo's sales units are approved for PUSH_MESSAGE and have Login enabled.
+        sales_units=tuple(approved(unit) for unit in DEFAULT_SALES_UNITS),
+        # The demo's service listens on http://127.0.0.1; real Vipps (and the simulator by
+        # default) registers only HTTPS webhook URLs on 80/443/8080. Development switch: on.
+        allow_http_localhost_webhooks=True,
+    )
+    simulator = BackgroundServer(create_simulator_app(config), port=sim_port).start()
     settings = Settings.model_validate(
         {
             "database": {"url": database_url},

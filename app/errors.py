@@ -115,7 +115,21 @@ PROBLEM_CODES: Final[dict[str, tuple[int, str]]] = {
     "validation_error": (422, "The request is invalid; `errors[]` names each field with its code."),
     "payload_too_large": (413, "The request body is too large."),
     "rate_limited": (429, "Too many requests; wait `Retry-After` seconds."),
-    "msn_not_accessible": (422, "Our Vipps credentials do not cover this sales unit (MSN)."),
+    "msn_not_accessible": (422, "Vipps says our keys do not cover this sales unit (MSN) (403)."),
+    "msn_not_covered": (
+        422,
+        "No Vipps keys cover the till's MSN: add its keys or configure partner keys.",
+    ),
+    "vipps_keys_not_found": (404, "No stored keys for this sales unit."),
+    "vipps_keys_exist": (409, "The sales unit has keys; rotate them."),
+    "vipps_keys_in_use": (409, "Active tills would be left without keys."),
+    "vipps_keys_rejected": (422, "Vipps refused the keys offered for a sales unit."),
+    "vipps_keys_refused": (422, "Vipps refused the keys we hold (401): rotate them."),
+    "webhook_url_refused": (
+        422,
+        "Vipps would not (or did not) register our webhook URL; fix "
+        "`VIPPS_POS_WEBHOOKS__PUBLIC_URL`.",
+    ),
     "vipps_refused": (502, "Vipps refused an operator action (e.g. creating a QR)."),
     "vipps_rate_limited": (429, "Vipps limits calls per payment; wait `Retry-After` seconds."),
     "vipps_unavailable": (503, "Vipps could not be reached for an operator action."),

@@ -30,6 +30,7 @@ from app.persistence import open_store
 from app.service import Services
 from app.service.bootstrap import vipps_clients, vipps_http_client
 from app.service.context import ServiceContext
+from app.service.keys import VippsKeys
 from app.settings import Environment, Settings
 from app.workers.inbox import InboxWorker
 from app.workers.outbox import OutboxWorker
@@ -57,19 +58,23 @@ def create_app(
         engine = create_engine(settings.database)
         metrics = Metrics()
         http = vipps_http_client(settings, vipps_transport)
-        vipps, outbox_vipps = vipps_clients(settings, http, metrics)
+        sessions = create_session_factory(engine)
+        secrets = SecretBox(settings.security.encryption_key)
+        # Each sales unit's keys (or the partner keys), read by every Vipps call.
+        keys = VippsKeys(settings, sessions, secrets)
+        vipps, outbox_vipps = vipps_clients(settings, http, metrics, keys)
         hub = ChangeHub()
         store = await open_store(settings.database, engine, origin=hub.origin)
         ctx = ServiceContext(
             settings=settings,
-            sessions=create_session_factory(engine),
+            sessions=sessions,
             store=store,
             vipps=vipps,
-            secrets=SecretBox(settings.security.encryption_key),
+            secrets=secrets,
             hub=hub,
             metrics=metrics,
         )
-        services = Services.build(ctx)
+        services = Services.build(ctx, keys)
         club = ClubService(
             ctx,
             services.checkouts,

@@ -189,9 +189,12 @@ class Checkout(Base):
     # Reconciler: when to ask Vipps next, how often it has.
     next_poll_at: Mapped[datetime | None] = _ts(nullable=True)
     poll_count: Mapped[int] = mapped_column(Integer, server_default="0")
-    # Epoch seconds at which recent mutating calls for this reference ended (Vipps: 5 per
-    # minute); the outbox's rate limit.
-    mutating_calls: Mapped[list[float]] = mapped_column(JsonType, default=list)
+    # Epoch stamps of recent mutating Vipps calls per operation ({"CAPTURE": [...], ...}); rows
+    # written before per-operation budgets hold one list for all operations
+    # (app.domain.call_budget). The outbox's rate limit.
+    mutating_calls: Mapped[dict[str, list[float]] | list[float]] = mapped_column(
+        JsonType, default=list
+    )
     version: Mapped[int] = mapped_column(Integer, server_default="1")
 
 
@@ -355,3 +358,19 @@ class IdempotentRequest(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     created_at: Mapped[datetime] = _ts()
+
+
+class VippsKeySet(Base):
+    """A sales unit's own Vipps API keys (``client_id``, ``client_secret``, subscription key),
+    encrypted like every other secret here. ``fingerprint`` tells key sets apart in listings
+    without revealing any of them (see ``app.vipps.credentials.Credentials.fingerprint``)."""
+
+    __tablename__ = "vipps_key_sets"
+
+    msn: Mapped[str] = mapped_column(String(6), primary_key=True)
+    client_id_enc: Mapped[str] = mapped_column(Text)
+    client_secret_enc: Mapped[str] = mapped_column(Text)
+    subscription_key_enc: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = _ts()
+    rotated_at: Mapped[datetime | None] = _ts(nullable=True)

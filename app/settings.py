@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.vipps.webhook_urls import webhook_url_refusal
+
 # Development placeholders. They let `make demo` run with nothing configured, and production mode
 # refuses every one of them.
 PLACEHOLDER_PREFIX = "dev-placeholder-"
@@ -69,6 +71,14 @@ class VippsSettings(BaseModel):
     client_id: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "client-id")
     client_secret: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "client-secret")
     subscription_key: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "subscription-key")
+    partner_keys: bool = Field(
+        default=False,
+        description="The three keys above are partner keys: one set for every sales unit, which "
+        "is named in Merchant-Serial-Number on each call. Off: they are the sales-unit keys of "
+        "DEFAULT_MSN only, and every other sales unit's own keys are added with `vipps-pos keys "
+        "add` or PUT /api/v1/vipps-keys/{msn} (stored encrypted). Leave all three empty to keep "
+        "every sales unit's keys in the database.",
+    )
     default_msn: str = Field(default="123456", pattern=r"^[0-9]{4,6}$")
     system_name: str = Field(default="vipps-pos", max_length=30)
     system_version: str = Field(default="0.1.0", max_length=30)
@@ -98,6 +108,14 @@ class VippsSettings(BaseModel):
     @property
     def is_vipps_host(self) -> bool:
         return self.base_url in (VIPPS_TEST_URL, VIPPS_PRODUCTION_URL)
+
+    @property
+    def configured_keys(self) -> tuple[SecretStr, SecretStr, SecretStr] | None:
+        """The keys set here, or None when all three are empty (keys live in the database)."""
+        keys = (self.client_id, self.client_secret, self.subscription_key)
+        if not any(k.get_secret_value() for k in keys):
+            return None
+        return keys
 
 
 class WebhookSettings(BaseModel):
@@ -249,12 +267,14 @@ class Settings(BaseSettings):
     def production_problems(self) -> list[str]:
         """Every reason this configuration must not run in production, naming the setting."""
         problems: list[str] = []
-        secrets = {
-            "VIPPS_POS_VIPPS__CLIENT_ID": self.vipps.client_id,
-            "VIPPS_POS_VIPPS__CLIENT_SECRET": self.vipps.client_secret,
-            "VIPPS_POS_VIPPS__SUBSCRIPTION_KEY": self.vipps.subscription_key,
-            "VIPPS_POS_SECURITY__ADMIN_API_KEY": self.security.admin_api_key,
-        }
+        secrets = {"VIPPS_POS_SECURITY__ADMIN_API_KEY": self.security.admin_api_key}
+        if self.vipps.configured_keys is not None or self.vipps.partner_keys:
+            # All three empty is allowed: every sales unit's keys are then in the database.
+            secrets |= {
+                "VIPPS_POS_VIPPS__CLIENT_ID": self.vipps.client_id,
+                "VIPPS_POS_VIPPS__CLIENT_SECRET": self.vipps.client_secret,
+                "VIPPS_POS_VIPPS__SUBSCRIPTION_KEY": self.vipps.subscription_key,
+            }
         for name, secret in secrets.items():
             value = secret.get_secret_value()
             if not value or value.startswith(PLACEHOLDER_PREFIX):
@@ -271,8 +291,9 @@ class Settings(BaseSettings):
             problems.append(
                 "VIPPS_POS_CLUB__DIRECTORY_URL must be https (it receives phone numbers)"
             )
-        if not self.webhooks.public_url.startswith("https://"):
-            problems.append("VIPPS_POS_WEBHOOKS__PUBLIC_URL must be https (Vipps requires TLS)")
+        refusal = webhook_url_refusal(self.webhooks.public_url)
+        if refusal is not None:
+            problems.append(f"VIPPS_POS_WEBHOOKS__PUBLIC_URL: {refusal}")
         return problems
 
     def check_startable(self) -> None:

@@ -120,16 +120,16 @@ def forwarder_app(sim_url: str) -> FastAPI:
                 await http.post(
                     "/accesstoken/get",
                     headers={
-                        "client_id": "sim-client-id",
-                        "client_secret": "sim-client-secret",
-                        "Ocp-Apim-Subscription-Key": "sim-subscription-key",
+                        "client_id": "sim-partner-client-id",
+                        "client_secret": "sim-partner-client-secret",
+                        "Ocp-Apim-Subscription-Key": "sim-partner-subscription-key",
                     },
                 )
             ).json()["access_token"]
             app.state.http = http
             app.state.headers = {
                 "Authorization": f"Bearer {token}",
-                "Ocp-Apim-Subscription-Key": "sim-subscription-key",
+                "Ocp-Apim-Subscription-Key": "sim-partner-subscription-key",
                 "Merchant-Serial-Number": FORWARD_MSN,
                 "Content-Type": "application/json",
             }

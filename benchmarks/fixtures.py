@@ -88,7 +88,11 @@ async def delete_tills(dsn: str, prefix: str) -> None:
 
 
 class SimulatorApi:
-    """The simulator as Vipps (access token, QR, ePayment) and as the customer (/_sim)."""
+    """The simulator as Vipps (access token, QR, ePayment) and as the customer (/_sim).
+
+    It uses the simulator's partner keys, which cover both its sales units (each sales unit's own
+    keys would cover only that one); the MSN goes in every call, as partner keys require.
+    """
 
     def __init__(self, pool: HttpPool) -> None:
         self.pool = pool
@@ -99,9 +103,9 @@ class SimulatorApi:
             "POST",
             "/accesstoken/get",
             headers={
-                "client_id": "sim-client-id",
-                "client_secret": "sim-client-secret",
-                "Ocp-Apim-Subscription-Key": "sim-subscription-key",
+                "client_id": "sim-partner-client-id",
+                "client_secret": "sim-partner-client-secret",
+                "Ocp-Apim-Subscription-Key": "sim-partner-subscription-key",
             },
         )
         self.token = answer.json()["access_token"]  # type: ignore[index]
@@ -109,7 +113,7 @@ class SimulatorApi:
     def headers(self, msn: str, idempotency_key: str | None = None) -> dict[str, str]:
         headers = {
             "Authorization": f"Bearer {self.token}",
-            "Ocp-Apim-Subscription-Key": "sim-subscription-key",
+            "Ocp-Apim-Subscription-Key": "sim-partner-subscription-key",
             "Merchant-Serial-Number": msn,
         }
         if idempotency_key:

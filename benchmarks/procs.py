@@ -186,6 +186,9 @@ def process_tree(pid: int) -> list[int]:
 def simulator_proc(log_dir: Path) -> Proc:
     port = free_port()
     argv = [sys.executable, "-m", "app.simulator", "--port", str(port), "--no-rate-limits"]
+    # Sales units set up for this flow (PUSH_MESSAGE approved); the service and the baselines
+    # listen on http://127.0.0.1, which the development switch lets them register.
+    argv += ["--approved", "--allow-http-localhost"]
     # The simulator's token-lifetime and expiry defaults hold for a 10-minute run.
     return Proc("simulator", argv, port, log_dir, cpu=LOADGEN_CPU)
 

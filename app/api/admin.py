@@ -15,10 +15,13 @@ from app.api.schemas import (
     InboxEventOut,
     NewTillOut,
     RegisterTillRequest,
+    SavedVippsKeysOut,
     StoreOut,
     StoreRequest,
     TillOut,
     UpdateTillRequest,
+    VippsKeySetOut,
+    VippsKeysRequest,
     WebhookRegistrationOut,
 )
 from app.domain.state_machine import CheckoutState
@@ -248,6 +251,67 @@ async def ensure_webhook(
 )
 async def list_webhooks(services: ServicesDep, _: AdminDep) -> list[WebhookRegistrationOut]:
     return [WebhookRegistrationOut.of(r) for r in await services.webhooks.list()]
+
+
+@router.get(
+    "/vipps-keys",
+    response_model=list[VippsKeySetOut],
+    responses=problems(_OPERATOR),
+    summary="The Vipps API keys we hold: configured or partner keys, and each sales unit's own",
+)
+async def list_vipps_keys(services: ServicesDep, _: AdminDep) -> list[VippsKeySetOut]:
+    return [VippsKeySetOut(**vars(info)) for info in await services.keys.list()]
+
+
+@router.put(
+    "/vipps-keys/{msn}",
+    response_model=SavedVippsKeysOut,
+    responses=problems(
+        {
+            **_OPERATOR,
+            409: "The sales unit has keys already (`vipps_keys_exist`).",
+            422: "Invalid request (`validation_error`), or Vipps refused the keys for this MSN "
+            "(`vipps_keys_rejected`).",
+            503: "Vipps could not be reached to try the keys (`vipps_unavailable`).",
+        }
+    ),
+    summary="Add or rotate a sales unit's own API keys (stored encrypted; tried at Vipps first)",
+)
+async def put_vipps_keys(
+    msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")],
+    body: VippsKeysRequest,
+    services: ServicesDep,
+    admin: AdminDep,
+) -> SavedVippsKeysOut:
+    saved = await services.keys.save(
+        msn,
+        client_id=body.client_id,
+        client_secret=body.client_secret,
+        subscription_key=body.subscription_key,
+        mode="put",
+        verify=body.verify,
+        actor=admin.actor,
+    )
+    return SavedVippsKeysOut(**vars(saved.info), created=saved.created, verified=saved.verified)
+
+
+@router.delete(
+    "/vipps-keys/{msn}",
+    status_code=204,
+    responses=problems(
+        {
+            **_OPERATOR,
+            404: "No stored keys for this sales unit (`vipps_keys_not_found`).",
+            409: "Active tills depend on these keys (`vipps_keys_in_use`).",
+        }
+    ),
+    summary="Forget a sales unit's own keys (refused while active tills depend on them)",
+)
+async def delete_vipps_keys(
+    msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")], services: ServicesDep, admin: AdminDep
+) -> Response:
+    await services.keys.remove(msn, actor=admin.actor)
+    return Response(status_code=204)
 
 
 @router.get(

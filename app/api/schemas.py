@@ -11,6 +11,7 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     PlainValidator,
+    SecretStr,
     TypeAdapter,
 )
 from pydantic.alias_generators import to_camel
@@ -619,6 +620,65 @@ class EnsureOut(ApiModel):
     created: bool
     removed: list[str]
     foreign: list[str]
+
+
+class VippsKeysRequest(ApiModel):
+    """A sales unit's own API keys, from the Vipps MobilePay business portal. Never echoed."""
+
+    model_config = _examples(
+        {
+            "clientId": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+            "clientSecret": "<client secret>",
+            "subscriptionKey": "<Ocp-Apim-Subscription-Key>",
+            "verify": True,
+        }
+    )
+
+    client_id: SecretStr = Field(min_length=1, max_length=500)
+    client_secret: SecretStr = Field(min_length=1, max_length=500)
+    subscription_key: SecretStr = Field(min_length=1, max_length=500)
+    verify: bool = Field(
+        default=True,
+        description="Try the keys at Vipps for this MSN before storing them (an access token "
+        "and the sales unit's QR list): wrong keys or another sales unit's are refused.",
+    )
+
+
+class VippsKeySetOut(ApiModel):
+    """A key set we hold: where it comes from and its fingerprint, never the keys."""
+
+    model_config = _examples(
+        {
+            "msn": "123456",
+            "source": "sales_unit",
+            "fingerprint": "5d41402abc4b",
+            "createdAt": "2026-03-01T08:00:00Z",
+            "rotatedAt": None,
+        }
+    )
+
+    msn: str | None = Field(description="None for partner keys: they cover every sales unit.")
+    source: Literal["sales_unit", "partner", "configured"]
+    fingerprint: str
+    created_at: datetime | None = None
+    rotated_at: datetime | None = None
+
+
+class SavedVippsKeysOut(VippsKeySetOut):
+    model_config = _examples(
+        {
+            "msn": "654321",
+            "source": "sales_unit",
+            "fingerprint": "9b71d224bd62",
+            "createdAt": "2026-03-01T08:00:00Z",
+            "rotatedAt": "2026-06-01T08:00:00Z",
+            "created": False,
+            "verified": True,
+        }
+    )
+
+    created: bool = Field(description="True when the sales unit had no keys here before.")
+    verified: bool = Field(description="The keys were tried at Vipps for this MSN first.")
 
 
 class InboxEventOut(ApiModel):

@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -616,6 +617,149 @@ def webhooks_rotate(
         _ensure_table("Webhook secret rotated", [report])
 
 
+# ---- Vipps API keys per sales unit ------------------------------------------------------------
+
+keys_app = typer.Typer(
+    help="Each sales unit's own Vipps API keys (stored encrypted; never printed).",
+    no_args_is_help=True,
+)
+_MSN_ARGUMENT = typer.Argument(..., help="The sales unit (MSN) the keys belong to.")
+# Secrets come from a hidden prompt or the environment: arguments would show in `ps` and in the
+# shell's history.
+_CLIENT_ID = typer.Option(
+    ..., "--client-id", envvar="VIPPS_POS_KEYS_CLIENT_ID", prompt=True, hide_input=True
+)
+_CLIENT_SECRET = typer.Option(
+    ..., "--client-secret", envvar="VIPPS_POS_KEYS_CLIENT_SECRET", prompt=True, hide_input=True
+)
+_SUBSCRIPTION_KEY = typer.Option(
+    ...,
+    "--subscription-key",
+    envvar="VIPPS_POS_KEYS_SUBSCRIPTION_KEY",
+    prompt=True,
+    hide_input=True,
+)
+_VERIFY = typer.Option(
+    True, "--verify/--no-verify", help="Try the keys at Vipps for this MSN before storing them."
+)
+
+
+def _key_json(info: Any) -> dict[str, Any]:
+    return {
+        "msn": info.msn,
+        "source": info.source,
+        "fingerprint": info.fingerprint,
+        "createdAt": info.created_at.isoformat() if info.created_at else None,
+        "rotatedAt": info.rotated_at.isoformat() if info.rotated_at else None,
+    }
+
+
+def _save_keys(
+    mode: Literal["add", "rotate"],
+    msn: str,
+    client_id: str,
+    client_secret: str,
+    subscription_key: str,
+    verify: bool,
+    as_json: bool,
+) -> None:
+    if not re.fullmatch(r"[0-9]{4,6}", msn):
+        raise typer.BadParameter("an MSN is 4-6 digits", param_hint="MSN")
+
+    async def work(services: Services) -> dict[str, Any]:
+        saved = await services.keys.save(
+            msn,
+            client_id=SecretStr(client_id),
+            client_secret=SecretStr(client_secret),
+            subscription_key=SecretStr(subscription_key),
+            mode=mode,
+            verify=verify,
+            actor="cli",
+        )
+        return {**_key_json(saved.info), "created": saved.created, "verified": saved.verified}
+
+    result = _run(work)
+    if as_json:
+        _print_json(result)
+    else:
+        done = "added" if result["created"] else "rotated"
+        checked = "tried at Vipps" if result["verified"] else "not tried at Vipps"
+        typer.echo(f"keys for {msn} {done} ({checked}); fingerprint {result['fingerprint']}")
+
+
+@keys_app.command(
+    "add",
+    epilog="Example: VIPPS_POS_KEYS_CLIENT_SECRET=... vipps-pos keys add 123456 (prompts for "
+    "what is not in the environment)",
+)
+def keys_add(
+    msn: str = _MSN_ARGUMENT,
+    client_id: str = _CLIENT_ID,
+    client_secret: str = _CLIENT_SECRET,
+    subscription_key: str = _SUBSCRIPTION_KEY,
+    verify: bool = _VERIFY,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Store a sales unit's own keys, after trying them at Vipps. Refused if it has keys."""
+    _save_keys("add", msn, client_id, client_secret, subscription_key, verify, as_json)
+
+
+@keys_app.command("rotate", epilog="Example: vipps-pos keys rotate 123456")
+def keys_rotate(
+    msn: str = _MSN_ARGUMENT,
+    client_id: str = _CLIENT_ID,
+    client_secret: str = _CLIENT_SECRET,
+    subscription_key: str = _SUBSCRIPTION_KEY,
+    verify: bool = _VERIFY,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Replace a sales unit's keys with new ones from the portal; the old ones can then be
+    revoked there (running replicas pick the new keys up within 30 seconds)."""
+    _save_keys("rotate", msn, client_id, client_secret, subscription_key, verify, as_json)
+
+
+@keys_app.command("list", epilog="Example: vipps-pos keys list --json")
+def keys_list(as_json: bool = JSON_OPTION) -> None:
+    """The key sets we hold (configured or partner keys, and each sales unit's own) with their
+    fingerprints; the keys themselves are never shown."""
+
+    async def work(services: Services) -> list[dict[str, Any]]:
+        return [_key_json(info) for info in await services.keys.list()]
+
+    rows = _run(work)
+    if as_json:
+        _print_json(rows)
+    else:
+        _table(
+            "Vipps API keys",
+            ["MSN", "source", "fingerprint", "added", "rotated"],
+            [
+                [
+                    r["msn"] or "every MSN",
+                    r["source"],
+                    r["fingerprint"],
+                    r["createdAt"],
+                    r["rotatedAt"],
+                ]
+                for r in rows
+            ],
+        )
+
+
+@keys_app.command("remove", epilog="Example: vipps-pos keys remove 123456")
+def keys_remove(msn: str = _MSN_ARGUMENT, as_json: bool = JSON_OPTION) -> None:
+    """Forget a sales unit's own keys; refused while its active tills have no other keys."""
+
+    async def work(services: Services) -> None:
+        await services.keys.remove(msn, actor="cli")
+
+    _run(work)
+    if as_json:
+        _print_json({"msn": msn, "removed": True})
+    else:
+        typer.echo(f"keys for {msn} removed")
+
+
 # ---- checkouts --------------------------------------------------------------------------------
 
 checkouts_app = typer.Typer(help="Find and repair checkouts.", no_args_is_help=True)
@@ -958,6 +1102,7 @@ def register_operators(cli: typer.Typer) -> None:
     cli.add_typer(tills_app, name="tills")
     cli.add_typer(qr_app, name="qr")
     cli.add_typer(webhooks_app, name="webhooks")
+    cli.add_typer(keys_app, name="keys")
     cli.add_typer(checkouts_app, name="checkouts")
     cli.add_typer(audit_app, name="audit")
     cli.command(

@@ -119,6 +119,33 @@ def _vipps_reason(error: VippsError) -> str:
     return ": ".join(parts)[:300]
 
 
+def _login_refusal(error: VippsError) -> str:
+    """Why Vipps would not start the enrollment login, in words for the till and the operator.
+
+    The merchant-initiated login guide documents, besides the CIBA standard's errors: 429 "Too
+    many login requests started towards the same user at the same time" (respect Retry-After),
+    ``error_code=old_app`` and ``error_code=invalid_user``; and a sales unit without Login set up
+    gets ``invalid_client`` (Login API FAQ). None of them is worth holding the sale for.
+    """
+    code = (error.error_code or "").lower()
+    if error.status == 429:
+        seconds = _retry_after(error)
+        wait = f"; Vipps asks to wait {round(seconds)} s" if seconds else ""
+        return f"another login to this customer is still open{wait}"
+    if code == "old_app":
+        return "the customer's app is too old for login; they can update it"
+    if code == "invalid_user":
+        return "the customer cannot use Vipps login (no active account, or not eligible)"
+    if error.oauth_error == "invalid_client" or code == "invalid_client":
+        return "Login is not enabled for this sales unit, or its keys are not valid for Login"
+    return _vipps_reason(error)
+
+
+def _retry_after(error: VippsError) -> float | None:
+    value = getattr(error, "retry_after", None)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
 class MembersManagedElsewhere(Conflict):
     code = "members_managed_elsewhere"
 
@@ -139,6 +166,7 @@ class _Enrollment:
 
     checkout_id: str
     store_id: str
+    msn: str
     msisdn: str
     auth_req_id: str
     interval: int
@@ -241,7 +269,13 @@ class ClubService:
                 requested_expiry=self.config.login_requested_expiry_seconds,
             )
         except VippsError as exc:
-            note = f"enrollment login could not start ({_vipps_reason(exc)})"
+            note = f"enrollment login could not start ({_login_refusal(exc)})"
+            log.info(
+                "club.enrollment.not_started",
+                checkout_id=checkout.id,
+                status=exc.status,
+                error_code=exc.error_code,
+            )
             await self._finish(checkout.id, ENROLLMENT_FAILED, note)
             return
         except ValueError:
@@ -255,6 +289,7 @@ class ClubService:
         enrollment = _Enrollment(
             checkout_id=checkout.id,
             store_id=checkout.store_id,
+            msn=checkout.msn,
             msisdn=msisdn,
             auth_req_id=started.auth_req_id,
             interval=max(1, started.interval),
@@ -330,7 +365,9 @@ class ClubService:
                     continue  # woke for the release, not for a poll
             next_poll = loop.time() + interval
             try:
-                answer = await self.ctx.vipps.ciba_poll_token(enrollment.auth_req_id)
+                answer = await self.ctx.vipps.ciba_poll_token(
+                    enrollment.msn, enrollment.auth_req_id
+                )
             except (VippsUnavailable, VippsOutcomeUnknown) as exc:
                 log.warning(
                     "club.enrollment.poll_failed",

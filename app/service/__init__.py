@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from app.service.checkouts import CheckoutService
 from app.service.context import ServiceContext
 from app.service.intake import WebhookIntake
+from app.service.keys import VippsKeys
 from app.service.tills import TillService
 from app.service.webhooks import WebhookService
 
@@ -18,15 +19,21 @@ class Services:
     tills: TillService
     intake: WebhookIntake
     webhooks: WebhookService
+    keys: VippsKeys
 
     @classmethod
-    def build(cls, ctx: ServiceContext) -> Services:
+    def build(cls, ctx: ServiceContext, keys: VippsKeys | None = None) -> Services:
+        """``keys`` must be the store the context's Vipps client asks (so a rotation reaches
+        it at once); without one, a store is built here for a client with its own keys."""
+        keys = keys or VippsKeys(ctx.settings, ctx.sessions, ctx.secrets, clock=ctx.clock)
+        keys.use_client(ctx.vipps)
         checkouts = CheckoutService(ctx)
         intake = WebhookIntake(ctx, checkouts)
         return cls(
             ctx=ctx,
             checkouts=checkouts,
-            tills=TillService(ctx),
+            tills=TillService(ctx, keys),
             intake=intake,
             webhooks=WebhookService(ctx, intake),
+            keys=keys,
         )

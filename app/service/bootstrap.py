@@ -20,19 +20,22 @@ from app.observability.metrics import Metrics
 from app.persistence import open_store
 from app.service import Services
 from app.service.context import ServiceContext
+from app.service.keys import VippsKeys
 from app.settings import Settings
 from app.vipps.client import RetryPolicy, SystemInfo, VippsClient
+from app.vipps.credentials import CredentialsProvider
 from app.vipps.tokens import AccessTokenProvider
 from app.vipps.transport import AiohttpTransport
 
 
 def vipps_clients(
-    settings: Settings, http: httpx.AsyncClient, metrics: Metrics
+    settings: Settings, http: httpx.AsyncClient, metrics: Metrics, keys: CredentialsProvider
 ) -> tuple[VippsClient, VippsClient]:
     """(client for requests and reads, client without retries for the outbox).
 
-    Both share one token cache. The outbox owns its retry schedule so that every attempt of a
-    money-moving call is recorded and counted against Vipps's 5-per-minute limit.
+    Both take each sales unit's keys from ``keys`` and share one token cache (one token per key
+    set). The outbox owns its retry schedule so that every attempt of a money-moving call is
+    recorded and counted against Vipps's 5-per-minute limit of its operation.
     """
     vipps = settings.vipps
     system = SystemInfo(
@@ -52,9 +55,7 @@ def vipps_clients(
     )
     common: dict[str, Any] = {
         "base_url": vipps.base_url,
-        "client_id": vipps.client_id,
-        "client_secret": vipps.client_secret,
-        "subscription_key": vipps.subscription_key,
+        "credentials": keys,
         "system": system,
         "on_call": on_call,
         "tokens": tokens,
@@ -98,17 +99,20 @@ async def open_services(
     hub = ChangeHub()
     store = await open_store(settings.database, engine, origin=hub.origin)
     try:
-        vipps, _ = vipps_clients(settings, http, metrics)
+        sessions = create_session_factory(engine)
+        secrets = SecretBox(settings.security.encryption_key)
+        keys = VippsKeys(settings, sessions, secrets)
+        vipps, _ = vipps_clients(settings, http, metrics, keys)
         ctx = ServiceContext(
             settings=settings,
-            sessions=create_session_factory(engine),
+            sessions=sessions,
             store=store,
             vipps=vipps,
-            secrets=SecretBox(settings.security.encryption_key),
+            secrets=secrets,
             hub=hub,
             metrics=metrics,
         )
-        yield Services.build(ctx)
+        yield Services.build(ctx, keys)
     finally:
         await store.close()
         await http.aclose()

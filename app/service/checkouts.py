@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import structlog
 
 from app import repository as repo
+from app.domain.call_budget import with_call
 from app.domain.receipt import check_checkout, normalize_receipt
 from app.domain.state_machine import (
     CapturePolicy,
@@ -647,7 +648,6 @@ class CheckoutService:
         *,
         failure_code: str | None = None,
         call_stamp: float | None = None,
-        rate_limit_calls: int = 5,
     ) -> bool:
         """Record how an attempt of ``command`` ended and apply what it taught us, atomically.
 
@@ -669,8 +669,9 @@ class CheckoutService:
             draft = _Draft(loaded.till, self.ctx.clock())
             checkout = loaded.checkout.copy()
             if call_stamp is not None:
-                recent = [t for t in checkout.mutating_calls or [] if call_stamp - t < 60]
-                checkout.mutating_calls = [*recent[-(rate_limit_calls * 2) :], call_stamp]
+                checkout.mutating_calls = with_call(
+                    checkout.mutating_calls, command.kind.value, call_stamp
+                )
             if failure_code:
                 checkout.failure_code = failure_code[:64]
             if (

@@ -7,6 +7,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from app.vipps.credentials import NoCredentials
 from app.vipps.errors import VippsAuthError, VippsError, VippsRejected, VippsUnavailable
 
 
@@ -132,6 +133,28 @@ class MsnNotAccessible(ServiceError):
     status, code, title = 422, "msn_not_accessible", "Sales unit not accessible"
 
 
+class VippsKeysRefused(ServiceError):
+    """Vipps refused the keys we hold (401): wrong, revoked or expired in the portal. Nothing a
+    retry fixes; an operator rotates them."""
+
+    status, code, title = 422, "vipps_keys_refused", "Vipps refused our API keys"
+
+
+class MsnNotCovered(ServiceError):
+    """We hold no Vipps API keys for this sales unit, so nothing can be done for it at Vipps."""
+
+    status, code, title = 422, "msn_not_covered", "No Vipps API keys for this sales unit"
+
+    def __init__(self, msn: str) -> None:
+        super().__init__(
+            f"no Vipps API keys cover sales unit {msn}: add its own keys (`vipps-pos keys add "
+            f"{msn}` or PUT /api/v1/vipps-keys/{msn}), or configure partner keys "
+            "(VIPPS_POS_VIPPS__PARTNER_KEYS=true with the partner's keys)",
+            msn=msn,
+        )
+        self.errors = [{"field": "msn", "code": self.code, "message": self.detail}]
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -144,14 +167,17 @@ def vipps_errors_as_problems(call: Callable[P, Awaitable[R]]) -> Callable[P, Awa
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await call(*args, **kwargs)
+        except NoCredentials as exc:
+            raise MsnNotCovered(exc.msn or "?") from exc
         except VippsAuthError as exc:
             if exc.status == 403:
                 raise MsnNotAccessible(
                     "the Vipps credentials do not cover this sales unit (MSN)"
                 ) from exc
-            raise VippsRefused(
-                f"Vipps refused our credentials (HTTP {exc.status}); check the client id, "
-                "client secret and subscription key (VIPPS_POS_VIPPS__...)",
+            raise VippsKeysRefused(
+                "Vipps refused our API keys for this sales unit (HTTP "
+                f"{exc.status}): rotate them (`vipps-pos keys rotate <msn>`) or fix the "
+                "configured keys (VIPPS_POS_VIPPS__...)",
                 vippsStatus=exc.status,
             ) from exc
         except VippsRejected as exc:

@@ -28,6 +28,7 @@ from app.service.context import ServiceContext, unit_of_work
 from app.service.errors import (
     InvalidCheckout,
     MsnNotAccessible,
+    MsnNotCovered,
     ServiceError,
     StoreNotFound,
     TillExists,
@@ -36,6 +37,8 @@ from app.service.errors import (
     VippsUnreachable,
     vipps_errors_as_problems,
 )
+from app.service.keys import VippsKeys
+from app.vipps.credentials import NoCredentials
 from app.vipps.errors import VippsAuthError, VippsError, VippsNotFound, VippsRejected
 
 log = structlog.get_logger("app.tills")
@@ -108,8 +111,9 @@ _UNKNOWN_KEY_SECONDS = 5.0
 
 
 class TillService:
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, keys: VippsKeys) -> None:
         self.ctx = ctx
+        self.keys = keys
         # key id -> (monotonic expiry, credential or None for an unknown key id)
         self._credentials: dict[str, tuple[float, TillCredential | None]] = {}
         ctx.hub.on_revoked.append(self.forget_credentials)
@@ -229,6 +233,10 @@ class TillService:
                 msn=msn,
             )
         )
+        if await self.keys.source_for(msn) is None:
+            # Every call for this till would fail at Vipps (403) or never leave (no keys):
+            # refuse now, naming what to add, instead of registering a till that cannot sell.
+            raise MsnNotCovered(msn)
         key_id, api_key, key_hash = new_api_key()
         now = self.ctx.clock()
         try:
@@ -404,6 +412,8 @@ class TillService:
                 qr = await self.ctx.vipps.get_callback_qr(till.msn, till.merchant_qr_id)
             except VippsRejected as exc:
                 raise VippsRefused(str(exc)[:300]) from exc
+            except NoCredentials as exc:
+                raise MsnNotCovered(till.msn) from exc
             except VippsAuthError as exc:
                 if exc.status == 403:
                     # Vipps: "The API keys are not valid for sales unit …" — the till's MSN is

@@ -34,6 +34,7 @@ from app.service.errors import ServiceError, VippsRefused, vipps_errors_as_probl
 from app.service.intake import CHECKED_IN, REGISTERING, RETIRED_SECRET_GRACE, WebhookIntake
 from app.vipps.errors import VippsNotFound, VippsRejected
 from app.vipps.schemas import Webhook
+from app.vipps.webhook_urls import webhook_url_refusal
 
 log = structlog.get_logger("app.webhooks")
 
@@ -51,6 +52,24 @@ ALL_EVENTS = (CHECKED_IN, *PAYMENT_EVENTS)
 
 class CheckInHeldElsewhere(ServiceError):
     status, code, title = 409, "checkin_webhook_taken", "Another registration holds check-ins"
+
+
+PUBLIC_URL_SETTING = "VIPPS_POS_WEBHOOKS__PUBLIC_URL"
+
+
+class WebhookUrlRefused(ServiceError):
+    """Vipps would not (or did not) take our webhook URL; the fix is a setting, not a retry."""
+
+    status, code, title = 422, "webhook_url_refused", "Vipps does not accept this webhook URL"
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"{url}: {reason}. Set {PUBLIC_URL_SETTING} to the HTTPS address at which Vipps "
+            "reaches this service (port 443, 80 or 8080; behind your proxy, the outside URL)",
+            url=url,
+            setting=PUBLIC_URL_SETTING,
+        )
+        self.errors = [{"field": PUBLIC_URL_SETTING, "code": self.code, "message": reason}]
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,7 @@ class WebhookService:
         alone — but one holding ``user.checked-in.v1`` blocks ours and is reported as an error.
         """
         url = self.intake.registered_url(msn)
+        self._check_url(url)
         at_vipps = await self.ctx.vipps.list_webhooks(msn)
         stored = {r.id: r for r in await self._stored(msn)}
         complete = [
@@ -145,6 +165,7 @@ class WebhookService:
         3. The bridge is deleted and retired.
         """
         url = self.intake.registered_url(msn)
+        self._check_url(url)
         before = [r for r in await self._stored(msn) if r.status is RegistrationStatus.ACTIVE]
         at_vipps = {h.id: h for h in await self.ctx.vipps.list_webhooks(msn)}
         _check_no_foreign_checkin(msn, url, list(at_vipps.values()))
@@ -166,6 +187,16 @@ class WebhookService:
             tuple(h.id for h in at_vipps.values() if h.url != url),
             retired=retired,
         )
+
+    def _check_url(self, url: str) -> None:
+        """Against Vipps itself (test or production, in any of our environments), refuse a URL
+        Vipps would refuse before registering anything. A simulator checks for itself (it may
+        allow http on localhost for development) and its refusal is reported the same way."""
+        if not self.ctx.settings.vipps.is_vipps_host:
+            return
+        reason = webhook_url_refusal(url)
+        if reason is not None:
+            raise WebhookUrlRefused(url, reason)
 
     async def list(self, msn: str | None = None) -> Sequence[WebhookRegistration]:
         async with self.ctx.sessions() as session:
@@ -214,6 +245,11 @@ class WebhookService:
             )
         try:
             registration = await self.ctx.vipps.register_webhook(msn, url, list(events))
+        except VippsRejected as exc:
+            await self._drop(marker_id)
+            if exc.status == 400 and exc.names_param("url"):
+                raise WebhookUrlRefused(url, exc.detail or exc.title or "refused") from exc
+            raise
         except BaseException:
             await self._drop(marker_id)
             raise

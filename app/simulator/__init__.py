@@ -6,7 +6,7 @@ directly. ``python -m app.simulator --port 8081`` runs it standalone. See docs/s
 
 from app.simulator.app import create_simulator_app
 from app.simulator.clock import ManualClock, SystemClock
-from app.simulator.config import CredentialSet, SalesUnit, SimulatorConfig, TestUser
+from app.simulator.config import CredentialSet, SalesUnit, SimulatorConfig, TestUser, approved
 from app.simulator.engine import Simulator
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "SimulatorConfig",
     "SystemClock",
     "TestUser",
+    "approved",
     "create_simulator_app",
 ]

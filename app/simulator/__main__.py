@@ -7,7 +7,7 @@ import argparse
 import uvicorn
 
 from app.simulator.app import create_simulator_app
-from app.simulator.config import SimulatorConfig
+from app.simulator.config import SimulatorConfig, approved
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +23,24 @@ def main(argv: list[str] | None = None) -> None:
         "--no-rate-limits", action="store_true", help="switch the per-reference limits off"
     )
     parser.add_argument("--strict", action="store_true", help="validate requests against the specs")
+    parser.add_argument(
+        "--allow-http-localhost",
+        action="store_true",
+        help="development switch: accept http:// webhook URLs on this machine (Vipps: https only)",
+    )
+    parser.add_argument(
+        "--dev-webhook-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --allow-http-localhost: a host name to treat as this machine (repeatable)",
+    )
+    parser.add_argument(
+        "--approved",
+        action="store_true",
+        help="sales units with PUSH_MESSAGE approved and Login enabled (default: as a fresh "
+        "test sales unit, neither)",
+    )
     parser.add_argument("--fault-seed", type=int, default=None)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
@@ -32,7 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         ciba_interval_seconds=args.ciba_interval,
         strict=args.strict,
         fault_seed=args.fault_seed,
+        allow_http_localhost_webhooks=args.allow_http_localhost,
+        development_webhook_hosts=tuple(args.dev_webhook_host),
     )
+    if args.approved:
+        config.sales_units = tuple(approved(unit) for unit in config.sales_units)
     if args.no_rate_limits:
         config.mutations_per_minute = None
         config.reads_per_minute = None

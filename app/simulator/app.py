@@ -307,6 +307,28 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
         body = await _control_body(request)
         return _json(sim.expire_now(reference, body.get("msn")))
 
+    @app.post(f"{SIM}/payments/{{reference}}/authorizing", tags=["sim"])
+    async def authorizing(reference: str, request: Request) -> Response:
+        """The customer is approving right now; a cancel meanwhile answers 423 / 6250."""
+        body = await _control_body(request)
+        return _json(sim.user_authorizing(reference, body.get("msn")))
+
+    @app.post(f"{SIM}/payments/{{reference}}/release-funds", tags=["sim"])
+    async def release_funds(reference: str, request: Request) -> Response:
+        """The issuer released the reservation early; captures answer 6260."""
+        body = await _control_body(request)
+        return _json(sim.release_funds(reference, body.get("msn")))
+
+    @app.post(f"{SIM}/payments/{{reference}}/fail-captures", tags=["sim"])
+    async def fail_captures(reference: str, request: Request) -> Response:
+        """The next ``times`` (default 1) captures answer 6280, a transient failure."""
+        body = await _control_body(request)
+        try:
+            times = int(body.get("times", 1))
+        except (TypeError, ValueError):
+            raise SimControlError(400, "times must be an integer") from None
+        return _json(sim.fail_captures(reference, times, body.get("msn")))
+
     @app.get(f"{SIM}/landing", tags=["sim"])
     async def landing(token: str) -> Response:
         """The landing page of redirect flows: the user's approve/decline buttons."""
@@ -331,6 +353,18 @@ def _control_routes(app: FastAPI, sim: Simulator) -> None:
             return Response(status_code=404)
         url = f"{_base_url(sim, request)}{SIM}/landing?token={token}"
         return Response(qrimage.render(url, "svg"), media_type="image/svg+xml")
+
+    # ---- sales units: what Vipps MobilePay has switched on for each MSN
+    @app.get(f"{SIM}/sales-units", tags=["sim"])
+    async def sales_units() -> Response:
+        return _json([sim.sales_unit_json(u) for u in sim.sales_units()])
+
+    @app.post(f"{SIM}/sales-units/{{msn}}", tags=["sim"])
+    async def update_sales_unit(msn: str, request: Request) -> Response:
+        """``{"pushMessageAllowed": true, "loginEnabled": true, ...}``: as after a request to
+        Vipps MobilePay (push approval, Login activation, token exchange, market)."""
+        body = await _control_body(request)
+        return _json(sim.update_sales_unit(msn, body))
 
     # ---- logins (CIBA)
     @app.get(f"{SIM}/logins", tags=["sim"])

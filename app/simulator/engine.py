@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import heapq
 import hmac
+import ipaddress
 import itertools
 import math
 import random
@@ -30,7 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -169,12 +170,14 @@ class Simulator:
     # ------------------------------------------------------------------ housekeeping
 
     def reset(self, *, keep_access_tokens: bool = True) -> None:
-        """Forget every payment, QR, registration, login, ledger entry, fault and delivery.
+        """Forget every payment, QR, registration, login, ledger entry, fault and delivery, and
+        put the sales units back as configured.
 
         Access tokens survive by default so a running service's cached token stays valid.
         """
         tokens = self.state.access_tokens
         self.state = _State()
+        self._units = {unit.msn: unit for unit in self.config.sales_units}
         if keep_access_tokens:
             self.state.access_tokens = tokens
         self.faults.clear()
@@ -331,16 +334,27 @@ class Simulator:
             )
         if self.clock.now() >= grant.expires_at:
             raise self._gateway(401, "The access token has expired.")
+        credentials = grant.credentials
+        if credentials.kind == "management":
+            # Management keys reach the Management API only ("Types of partner keys").
+            raise self._family_error(
+                family,
+                403,
+                "Management keys cannot act on behalf of a sales unit.",
+                "Ocp-Apim-Subscription-Key",
+            )
         msn = headers.get("merchant-serial-number")
         if msn is None or msn == "":
-            if msn_required:
+            if msn_required or (credentials.kind == "partner" and family != "webhooks"):
+                # Partner keys name the merchant in this header on every call (partner keys);
+                # only a Webhooks registration may omit it to cover all the partner's merchants.
                 raise self._family_error(
                     family,
                     400,
                     "The Merchant-Serial-Number header is required.",
                     "Merchant-Serial-Number",
                 )
-            return grant.credentials, None
+            return credentials, None
         if not MSN_RE.match(msn):
             raise self._family_error(
                 family,
@@ -348,14 +362,14 @@ class Simulator:
                 "Merchant-Serial-Number must match ^[0-9]{4,6}$.",
                 "Merchant-Serial-Number",
             )
-        if msn not in grant.credentials.msns or msn not in self._units:
+        if not credentials.covers(msn) or msn not in self._units:
             raise self._family_error(
                 family,
                 403,
                 f"The API keys are not valid for sales unit {msn}.",
                 "Merchant-Serial-Number",
             )
-        return grant.credentials, msn
+        return credentials, msn
 
     def _family_error(self, family: Family, status: int, detail: str, name: str) -> SimError:
         if family == "qr":
@@ -371,8 +385,24 @@ class Simulator:
     def _unit(self, msn: str) -> SalesUnit:
         return self._units[msn]
 
+    def sales_units(self) -> list[SalesUnit]:
+        """The sales units as they stand now (``/_sim/sales-units`` may have changed them)."""
+        return list(self._units.values())
+
     def _rate_limit(self, bucket: tuple[str, ...], limit: int | None) -> None:
-        """Sliding one-minute window on the simulator clock (REFERENCE.md §7.11)."""
+        """Sliding one-minute window on the simulator clock (REFERENCE.md §7.11).
+
+        What counts, decided from the ePayment "Error handling" page: its ``Key`` column "specifies
+        what we consider to be the unique identifier, and what we 'use to count'", and for
+        create, capture, cancel and refund that key is ``reference`` + MSN, each operation in a
+        row of its own ("you can make five capture calls per minute for one unique reference").
+        The Idempotency-Key is not part of the key, so every call with that reference counts: a
+        replay of a stored answer and a call the rules refuse (6080, 6150, ...) are calls like
+        any other. The check therefore runs before the idempotency step, on a bucket of the
+        operation alone, so captures never use up the refunds' budget. Calls the gateway turns
+        away before it knows the key (401, a bad or foreign MSN) are not counted, and neither is
+        a call this limit refuses: it never reached the API.
+        """
         if limit is None:
             return
         now = self.clock.now()
@@ -598,6 +628,8 @@ class Simulator:
                 "The request body contains one or more invalid parameters.",
                 fields=[("requestedData", "Only MSISDN is supported.")],
             )
+        if msn is not None:
+            self._check_exchange_allowed(msn)
         token = customer.get("customerToken")
         grant = self.state.customer_tokens.get(token) if isinstance(token, str) else None
         allowed = (msn,) if msn else credentials.msns
@@ -607,9 +639,18 @@ class Simulator:
                 "The request body contains one or more invalid parameters.",
                 fields=[("customerToken", "The customer token is invalid or has expired.")],
             )
+        self._check_exchange_allowed(grant.msn)
         return Result(
             200, {"msisdn": grant.phone_number, "timestamp": int(grant.issued_at.timestamp())}
         )
+
+    def _check_exchange_allowed(self, msn: str) -> None:
+        if not self._units[msn].customer_token_exchange_allowed:
+            raise exchange_problem(
+                403,
+                f"Sales unit {msn} may not exchange customer tokens.",
+                fields=[("Merchant-Serial-Number", "customer token exchange not enabled")],
+            )
 
     # ------------------------------------------------------------------ ePayment (§7)
 
@@ -631,7 +672,11 @@ class Simulator:
         conflict: Callable[[], SimError],
         run: Callable[[], Result],
     ) -> Result:
-        """Replay, conflict or run-and-remember (REFERENCE.md §7.10). 5xx results are not kept."""
+        """Replay, conflict or run-and-remember (REFERENCE.md §7.10).
+
+        Not kept: 5xx results, and the transient refusals Vipps tells the caller to retry with
+        the same key (423 / 6250 "cancel while the user is authorizing", 6280 on capture).
+        """
         fingerprint = _fingerprint(raw)
         if call.idempotency_key is not None:
             stored = self.state.idempotency.get(scope)
@@ -640,12 +685,14 @@ class Simulator:
                     raise conflict()
                 call.replay, call.status = True, stored.result.status
                 return stored.result
+        transient = False
         try:
             result = run()
         except SimError as error:
             result = Result(error.status, error.body, error.media_type, error.headers)
+            transient = error.transient
             call.effect = False
-        if call.idempotency_key is not None and result.status < 500:
+        if call.idempotency_key is not None and result.status < 500 and not transient:
             self.state.idempotency[scope] = _Stored(fingerprint, result)
         call.status = result.status
         return result
@@ -666,7 +713,7 @@ class Simulator:
             peek = _peek_reference(raw)
             call.reference = peek
             if peek is not None:
-                self._rate_limit(("mutation", msn, peek), self.config.mutations_per_minute)
+                self._rate_limit(("createPayment", msn, peek), self.config.mutations_per_minute)
             assert call.idempotency_key is not None
             scope = (msn, "create", call.idempotency_key)
 
@@ -754,7 +801,7 @@ class Simulator:
     def get_payment(self, headers: Mapping[str, str], reference: str) -> Result:
         _, msn = self.authenticate(headers, family="epayment", msn_required=True)
         self._rate_limit(
-            ("read", headers.get("ocp-apim-subscription-key", ""), reference),
+            ("getPayment", headers.get("ocp-apim-subscription-key", ""), reference),
             self.config.reads_per_minute,
         )
         return Result(200, self._payment(str(msn), reference).get_response())
@@ -762,7 +809,7 @@ class Simulator:
     def get_events(self, headers: Mapping[str, str], reference: str) -> Result:
         _, msn = self.authenticate(headers, family="epayment", msn_required=True)
         self._rate_limit(
-            ("read", headers.get("ocp-apim-subscription-key", ""), reference),
+            ("getPaymentEventLog", headers.get("ocp-apim-subscription-key", ""), reference),
             self.config.reads_per_minute,
         )
         payment = self._payment(str(msn), reference)
@@ -784,7 +831,7 @@ class Simulator:
             assert msn is not None
             call.msn, call.reference = msn, reference
             call.idempotency_key = self._idempotency_key(headers, required=key_required)
-            self._rate_limit(("mutation", msn, reference), self.config.mutations_per_minute)
+            self._rate_limit((operation, msn, reference), self.config.mutations_per_minute)
             scope = (msn, operation, reference, call.idempotency_key or "")
 
             def run() -> Result:
@@ -804,6 +851,19 @@ class Simulator:
                 raise business(
                     "6080", f"Payment is {payment.state.value}, not AUTHORIZED; cannot capture"
                 )
+            now = self.clock.now()
+            period = timedelta(seconds=self.config.capture_period_seconds)
+            if payment.authorized_at is not None and now >= payment.authorized_at + period:
+                raise business("6100", "The capture period has expired for this payment")
+            if payment.released_early:
+                raise business("6260", "The reserved funds were released before the capture")
+            if payment.transient_capture_failures > 0:
+                payment.transient_capture_failures -= 1
+                raise business(
+                    "6280",
+                    "The capture failed for a transient reason; retry with the same key",
+                    transient=True,
+                )
             remaining = payment.authorized - payment.captured - payment.cancelled
             if value > remaining:
                 raise business(
@@ -812,6 +872,7 @@ class Simulator:
             if value < remaining and not self._unit(payment.msn).partial_capture_allowed:
                 raise business("6140", "Partial capture is not allowed for this sales unit")
             payment.captured += value
+            payment.last_captured_at = now
             self._add_event(payment, EventName.CAPTURED, value, key)
             return Result(200, payment.modification_response(), media_type="application/json")
 
@@ -831,6 +892,14 @@ class Simulator:
         def apply(payment: Payment, body: Any, key: str | None) -> Result:
             value = parse_modification(body, payment.currency)
             refundable = payment.captured - payment.refunded
+            window = timedelta(seconds=self.config.refund_window_seconds)
+            if (
+                payment.last_captured_at is not None
+                and self.clock.now() >= payment.last_captured_at + window
+            ):
+                # Refunds are possible within 365 days (REFERENCE.md §7.7); no error code for
+                # a late refund is documented, so none is sent.
+                raise invalid("modificationAmount", "The refund period for this payment has ended")
             if payment.state is not PaymentState.AUTHORIZED or value > refundable:
                 raise business(
                     "6150",
@@ -863,6 +932,15 @@ class Simulator:
                         "cancelTransactionOnly", "cancelTransactionOnly must be a boolean"
                     )
                 only = bool(body.get("cancelTransactionOnly", False))
+            if payment.state is PaymentState.CREATED and payment.authorizing:
+                # "It cannot cancel while the user is mid-authorization; retry later (error
+                # 6250, or 423)" (REFERENCE.md §7.6): both, and not kept for the key.
+                raise business(
+                    "6250",
+                    "The user is authorizing the payment; try the cancel again shortly",
+                    status=423,
+                    transient=True,
+                )
             match payment.state:
                 case PaymentState.CREATED:
                     # Before approval: TERMINATED, cancelledAmount = amount (REFERENCE.md §7.6).
@@ -948,6 +1026,8 @@ class Simulator:
 
     def _authorize(self, payment: Payment, phone: str | None) -> None:
         payment.state = PaymentState.AUTHORIZED
+        payment.authorizing = False
+        payment.authorized_at = self.clock.now()
         payment.authorized = payment.value
         payment.user_phone = phone
         if payment.profile_scope and phone:
@@ -991,6 +1071,35 @@ class Simulator:
 
     # ------------------------------------------------------------------ Webhooks API (§6)
 
+    def _webhook_url_refusal(self, url: str) -> str | None:
+        """Why the Webhooks API would refuse ``url`` as a delivery target, or None.
+
+        The spec's ``url`` rules (REFERENCE.md §6.1): HTTPS, world-reachable, one of the ports
+        Vipps sends to (see ``SimulatorConfig.webhook_allowed_ports``). With the development
+        switch ``allow_http_localhost_webhooks`` a URL on this machine is accepted as it is.
+        """
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            return "The url must be an absolute HTTPS URL."
+        host = parts.hostname
+        if parts.scheme not in ("https", "http") or not host:
+            return "The url must be an absolute HTTPS URL."
+        loopback = _is_loopback(host)
+        development = loopback or host in self.config.development_webhook_hosts
+        if development and self.config.allow_http_localhost_webhooks:
+            return None
+        if parts.scheme != "https":
+            return "The URL must use HTTPS."
+        if loopback or _is_private_address(host):
+            return f"The URL must be world-reachable; {host} is not."
+        port = port or 443
+        if port not in self.config.webhook_allowed_ports:
+            allowed = ", ".join(str(p) for p in self.config.webhook_allowed_ports)
+            return f"Port {port} is not one Vipps sends requests to (use {allowed})."
+        return None
+
     def register_webhook(self, headers: Mapping[str, str], raw: bytes) -> Result:
         with self._call("registerWebhook") as call:
             credentials, msn = self.authenticate(headers, family="webhooks", msn_required=False)
@@ -1006,10 +1115,9 @@ class Simulator:
             events = body.get("events")
             if not isinstance(url, str) or not url:
                 raise bad("The url field is required.", "url")
-            parts = urlsplit(url)
-            allowed = ("https",) if self.config.require_https_webhook_urls else ("https", "http")
-            if parts.scheme not in allowed or not parts.hostname:
-                raise bad("The url must be an absolute HTTPS URL.", "url")
+            refusal = self._webhook_url_refusal(url)
+            if refusal is not None:
+                raise bad(refusal, "url")
             if (
                 not isinstance(events, list)
                 or not events
@@ -1117,33 +1225,96 @@ class Simulator:
         }
         return Result(200, body, headers={"Cache-Control": "public, max-age=3600"})
 
-    def _client(self, headers: Mapping[str, str], form: Mapping[str, str]) -> CredentialSet:
-        """``client_secret_basic`` (default) or ``client_secret_post`` (REFERENCE.md §8.1)."""
-        client_id, secret = form.get("client_id"), form.get("client_secret")
+    def _login_client(
+        self, headers: Mapping[str, str], form: Mapping[str, str]
+    ) -> tuple[CredentialSet, str]:
+        """Who calls a Login endpoint, and for which sales unit.
+
+        Sales-unit keys authenticate with ``client_secret_basic`` (default) or
+        ``client_secret_post`` (REFERENCE.md §8.1); the MSN is the one of the keys. Partner keys
+        cannot: they send a platform access token as ``Bearer`` and the merchant's MSN in
+        ``Merchant-Serial-Number`` (Login API, "Partner keys": "The token_endpoint_authentication
+        methods, client_secret_basic and client_secret_post, do not work for partner key
+        integrations"). Either way the sales unit must have Login enabled ("Why does Login fail
+        for my sales unit?", Login API FAQ); until then the client is not valid for Login.
+        """
         authorization = headers.get("authorization", "")
-        if authorization.startswith("Basic "):
-            try:
-                decoded = base64.b64decode(authorization[6:], validate=True).decode()
-            except (ValueError, UnicodeDecodeError):
-                decoded = ""
-            client_id, _, secret = decoded.partition(":")
-        credentials = self._by_client_id.get(client_id or "")
-        if (
-            credentials is None
-            or not secret
-            or not hmac.compare_digest(secret.encode(), credentials.client_secret.encode())
-        ):
-            raise oauth_error(401, "invalid_client", "Client authentication failed")
-        return credentials
+        header_msn = headers.get("merchant-serial-number") or None
+        credentials: CredentialSet | None
+        if authorization.startswith("Bearer "):
+            grant = self.state.access_tokens.get(authorization[7:].strip())
+            if grant is None or self.clock.now() >= grant.expires_at:
+                raise oauth_error(401, "invalid_client", "Client authentication failed")
+            credentials = grant.credentials
+            if credentials.kind != "partner":
+                raise oauth_error(
+                    401,
+                    "invalid_client",
+                    "An access token authenticates partner keys only; use client_secret_basic",
+                )
+            if header_msn is None:
+                raise oauth_error(
+                    400,
+                    "invalid_request",
+                    "Merchant-Serial-Number is required with partner keys",
+                )
+            msn = header_msn
+        else:
+            client_id, secret = form.get("client_id"), form.get("client_secret")
+            if authorization.startswith("Basic "):
+                try:
+                    decoded = base64.b64decode(authorization[6:], validate=True).decode()
+                except (ValueError, UnicodeDecodeError):
+                    decoded = ""
+                client_id, _, secret = decoded.partition(":")
+            credentials = self._by_client_id.get(client_id or "")
+            if (
+                credentials is None
+                or not secret
+                or not hmac.compare_digest(secret.encode(), credentials.client_secret.encode())
+            ):
+                raise oauth_error(401, "invalid_client", "Client authentication failed")
+            if credentials.kind != "sales_unit":
+                raise oauth_error(
+                    401,
+                    "invalid_client",
+                    "client_secret_basic and client_secret_post do not work for partner keys",
+                )
+            msn = header_msn or credentials.msns[0]
+        if not credentials.covers(msn) or msn not in self._units:
+            raise oauth_error(
+                400, "invalid_request", "Merchant-Serial-Number does not belong to this client"
+            )
+        if not self._units[msn].login_enabled:
+            raise oauth_error(401, "invalid_client", f"Login is not enabled for sales unit {msn}")
+        return credentials, msn
+
+    def _limit_open_logins(self, phone: str) -> None:
+        """429 with ``Retry-After`` when the user already has unanswered logins (see config)."""
+        limit = self.config.ciba_open_logins_per_user
+        if limit is None:
+            return
+        now = self.clock.now()
+        open_ones = sorted(
+            r.expires_at
+            for r in self.state.ciba.values()
+            if r.phone_number == phone and r.status == "pending" and now < r.expires_at
+        )
+        if len(open_ones) >= limit:
+            retry_after = max(1, math.ceil((open_ones[0] - now).total_seconds()))
+            raise SimError(
+                429,
+                {
+                    "error": "too_many_requests",
+                    "error_description": "Too many login requests towards this user at once",
+                },
+                media_type=JSON,
+                headers={"Retry-After": str(retry_after), "Cache-Control": "no-store"},
+            )
 
     def ciba_start(self, headers: Mapping[str, str], form: Mapping[str, str]) -> Result:
         with self._call("cibaAuthentication") as call:
-            credentials = self._client(headers, form)
-            msn = headers.get("merchant-serial-number") or credentials.msns[0]
-            if msn not in credentials.msns:
-                raise oauth_error(
-                    400, "invalid_request", "Merchant-Serial-Number does not belong to this client"
-                )
+            credentials, msn = self._login_client(headers, form)
             call.msn = msn
             scope = tuple((form.get("scope") or "").split())
             if "openid" not in scope:
@@ -1152,10 +1323,22 @@ class Simulator:
             if not hint.startswith("urn:msisdn:") or not MSISDN_RE.match(hint[11:]):
                 raise oauth_error(400, "invalid_request", "login_hint must be urn:msisdn:<MSISDN>")
             phone = hint[11:]
-            if phone not in self._users:
+            user = self._users.get(phone)
+            # Beyond the CIBA standard's errors, the merchant-initiated login page lists
+            # "error_code=invalid_user" (no account, inactive, or not eligible, e.g. under 15)
+            # and "error_code=old_app" (the app is too old for this flow). Sent as the string
+            # ``error_code`` next to the standard ``error``.
+            if user is None or not user.login_eligible:
                 error = oauth_error(400, "invalid_request", "No eligible user for login_hint")
                 error.body["error_code"] = "invalid_user"
                 raise error
+            if not user.app_supports_login:
+                error = oauth_error(
+                    400, "invalid_request", "The user's app does not support this login"
+                )
+                error.body["error_code"] = "old_app"
+                raise error
+            self._limit_open_logins(phone)
             binding = form.get("binding_message")
             if binding is not None and not _BINDING_MESSAGE_RE.match(binding):
                 raise oauth_error(
@@ -1194,13 +1377,14 @@ class Simulator:
 
     def token(self, headers: Mapping[str, str], form: Mapping[str, str]) -> Result:
         """CIBA polling: pending, slow_down, access_denied, expired_token, or the tokens (§8.3)."""
-        credentials = self._client(headers, form)
+        credentials, msn = self._login_client(headers, form)
         if form.get("grant_type") != CIBA_GRANT:
             raise oauth_error(400, "unsupported_grant_type", f"grant_type must be {CIBA_GRANT}")
         request = self.state.ciba.get(form.get("auth_req_id") or "")
         if (
             request is None
             or request.client_id != credentials.client_id
+            or request.msn != msn
             or request.status == "redeemed"
         ):
             raise oauth_error(400, "invalid_grant", "Unknown or already used auth_req_id")
@@ -1236,6 +1420,9 @@ class Simulator:
                 "iat": int(now.timestamp()),
                 "exp": int(now.timestamp()) + lifetime,
                 "auth_req_id": request.auth_req_id,
+                # Partners validate the id_token by this claim, not by a client_id they do not
+                # hold (Login API, "Partner keys": ID token validation).
+                "msn": request.msn,
             }
         )
         body = {
@@ -1371,6 +1558,7 @@ class Simulator:
             if payment.state is not PaymentState.CREATED:
                 raise SimControlError(409, f"Payment is {payment.state.value}")
             payment.state = PaymentState.ABORTED
+            payment.authorizing = False
             self._add_event(
                 payment, EventName.ABORTED, payment.value, payment.create_idempotency_key
             )
@@ -1387,6 +1575,69 @@ class Simulator:
             self._refresh(payment)
             call.status, call.effect = 200, True
             return payment.get_response()
+
+    def user_authorizing(self, reference: str, msn: str | None = None) -> dict[str, Any]:
+        """The user opened the request and is approving it (PIN, 3-D Secure): until they finish,
+        a cancel answers 423 / 6250 (REFERENCE.md §7.6)."""
+        payment = self._sim_payment(reference, msn)
+        if payment.state is not PaymentState.CREATED:
+            raise SimControlError(409, f"Payment is {payment.state.value}")
+        payment.authorizing = True
+        return payment.get_response()
+
+    def release_funds(self, reference: str, msn: str | None = None) -> dict[str, Any]:
+        """The issuer let the reservation go before capture: captures answer 6260 (§7.5)."""
+        payment = self._sim_payment(reference, msn)
+        if payment.state is not PaymentState.AUTHORIZED:
+            raise SimControlError(409, f"Payment is {payment.state.value}")
+        payment.released_early = True
+        return payment.get_response()
+
+    def fail_captures(self, reference: str, times: int, msn: str | None = None) -> dict[str, Any]:
+        """The next ``times`` captures of the payment answer 6280, transient (§7.5)."""
+        if times < 0:
+            raise SimControlError(400, "times must not be negative")
+        payment = self._sim_payment(reference, msn)
+        payment.transient_capture_failures = times
+        return {"reference": payment.reference, "transientCaptureFailures": times}
+
+    def sales_unit_json(self, unit: SalesUnit) -> dict[str, Any]:
+        return {
+            "msn": unit.msn,
+            "name": unit.name,
+            "currency": unit.currency,
+            "pushMessageAllowed": unit.push_message_allowed,
+            "loginEnabled": unit.login_enabled,
+            "customerTokenExchangeAllowed": unit.customer_token_exchange_allowed,
+            "partialCaptureAllowed": unit.partial_capture_allowed,
+        }
+
+    _UNIT_FIELDS = {
+        "pushMessageAllowed": "push_message_allowed",
+        "loginEnabled": "login_enabled",
+        "customerTokenExchangeAllowed": "customer_token_exchange_allowed",
+        "partialCaptureAllowed": "partial_capture_allowed",
+    }
+
+    def update_sales_unit(self, msn: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """What Vipps MobilePay switches on or off for a sales unit on request (see SalesUnit)."""
+        unit = self._units.get(msn)
+        if unit is None:
+            raise SimControlError(404, f"No sales unit {msn}")
+        updates: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "currency":
+                if value not in ("NOK", "DKK", "EUR"):
+                    raise SimControlError(400, "currency must be NOK, DKK or EUR")
+                updates["currency"] = value
+            elif name in self._UNIT_FIELDS:
+                if not isinstance(value, bool):
+                    raise SimControlError(400, f"{name} must be true or false")
+                updates[self._UNIT_FIELDS[name]] = value
+            elif name != "msn":
+                raise SimControlError(400, f"unknown sales unit setting {name}")
+        self._units[msn] = replace(unit, **updates)
+        return self.sales_unit_json(self._units[msn])
 
     def payment_by_token(self, token: str) -> Payment | None:
         for payment in self.state.payments.values():
@@ -1462,3 +1713,21 @@ def _peek_reference(raw: bytes) -> str | None:
 
 def _psp_reference() -> str:
     return str(_rng.randrange(10**17, 10**18))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_private_address(host: str) -> bool:
+    """An IP literal no one outside this network can reach (names are not resolved)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private or address.is_link_local or address.is_unspecified

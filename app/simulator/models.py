@@ -131,6 +131,15 @@ class Payment:
     refunded: int = 0
     sub: str | None = None
     events: list[PaymentEvent] = field(default_factory=list)
+    authorized_at: datetime | None = None
+    last_captured_at: datetime | None = None
+    # The user is approving in the app right now (``/_sim/payments/{ref}/authorizing``): a
+    # cancel is refused with 423 / 6250 until they finish (REFERENCE.md §7.6).
+    authorizing: bool = False
+    # The issuer let the reservation go before it was captured: captures answer 6260 (§7.5).
+    released_early: bool = False
+    # The next this many captures answer 6280, "transient failure; retry with the same key".
+    transient_capture_failures: int = 0
 
     def aggregate(self) -> dict[str, Any]:
         return {

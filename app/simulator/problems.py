@@ -51,12 +51,15 @@ class SimError(Exception):
         *,
         media_type: str = PROBLEM_JSON,
         headers: Mapping[str, str] | None = None,
+        transient: bool = False,
     ) -> None:
         super().__init__(f"{status}: {body.get('detail') or body.get('error') or body}")
         self.status = status
         self.body = dict(body)
         self.media_type = media_type
         self.headers = dict(headers or {})
+        # Not remembered against the Idempotency-Key: Vipps says to retry with the same key.
+        self.transient = transient
 
     def render(self) -> bytes:
         return orjson.dumps(self.body)
@@ -77,6 +80,7 @@ def epayment_problem(
     code: str | None = None,
     fields: Iterable[tuple[str, str]] = (),
     headers: Mapping[str, str] | None = None,
+    transient: bool = False,
 ) -> SimError:
     """An ePayment ``Problem``; ``code`` becomes the ``ErrorCode`` extra detail."""
     extra = [{"name": name, "reason": reason} for name, reason in fields]
@@ -91,7 +95,7 @@ def epayment_problem(
     }
     if extra:
         body["extraDetails"] = extra
-    return SimError(status, body, headers=headers)
+    return SimError(status, body, headers=headers, transient=transient)
 
 
 def webhooks_problem(

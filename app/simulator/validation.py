@@ -31,8 +31,8 @@ def invalid(field: str, reason: str) -> SimError:
     return epayment_problem(400, f"Invalid request: {reason}", fields=[(field, reason)])
 
 
-def business(code: str, detail: str, status: int = 400) -> SimError:
-    return epayment_problem(status, detail, code=code)
+def business(code: str, detail: str, status: int = 400, *, transient: bool = False) -> SimError:
+    return epayment_problem(status, detail, code=code, transient=transient)
 
 
 def parse_amount(raw: Any, field: str) -> tuple[str, int]:

@@ -1,7 +1,9 @@
 """The Vipps MobilePay HTTP client: QR, ePayment, Webhooks and merchant-initiated login.
 
-One :class:`VippsClient` serves every sales unit of one credential set: the MSN is an explicit
-argument of each call and travels in ``Merchant-Serial-Number``. It runs over one shared
+One :class:`VippsClient` serves every sales unit: the MSN is an explicit argument of each call
+and travels in ``Merchant-Serial-Number``, and the keys for it come from a
+:class:`~app.vipps.credentials.CredentialsProvider` (a sales unit's own keys, or partner keys for
+all), with one cached access token per key set. It runs over one shared
 :class:`httpx.AsyncClient` that the application lifespan builds and closes;
 :meth:`VippsClient.create` is the only place that builds one itself.
 
@@ -41,12 +43,13 @@ from enum import Enum
 from random import random as _uniform
 from types import TracebackType
 from typing import Any, Self, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
 from app.settings import VippsSettings
+from app.vipps.credentials import Credentials, CredentialsProvider, NoCredentials, StaticCredentials
 from app.vipps.errors import (
     VippsError,
     VippsOutcomeUnknown,
@@ -91,7 +94,7 @@ from app.vipps.schemas import (
     WebhookRegistrationRequest,
     to_wire,
 )
-from app.vipps.tokens import AccessTokenProvider, Credentials, OnCall, report_call
+from app.vipps.tokens import AccessTokenProvider, OnCall, report_call
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ _MAX_IDEMPOTENCY_KEY = 50
 _MAX_LOCATION_DESCRIPTION = 36
 _DEFAULT_DISCOVERY_MAX_AGE = 300.0
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+DISCOVERY_PATH = "/access-management-1.0/access/.well-known/openid-configuration"
 
 _QR_LIST = TypeAdapter(list[MerchantCallbackQr])
 _EVENTS = TypeAdapter(list[PaymentEvent])
@@ -171,7 +175,7 @@ class RetryPolicy:
 
 class _Auth(Enum):
     PLATFORM = "platform"  # access token + subscription key
-    BASIC = "basic"  # Login: client_secret_basic
+    LOGIN = "login"  # Login: client_secret_basic; partner keys: the platform token as Bearer
     USER = "user"  # Login userinfo: the user's access token
     NONE = "none"  # OIDC discovery
 
@@ -182,6 +186,8 @@ class _Call:
     method: str
     path: str
     auth: _Auth = _Auth.PLATFORM
+    # An absolute URL from the OIDC discovery document; ``path`` then only names it in logs.
+    url: str | None = None
     msn: str | None = None
     json_body: Any = None
     form: Mapping[str, str] | None = None
@@ -192,6 +198,9 @@ class _Call:
     mutating: bool = False
     # Repeating it cannot do anything twice (reads, PUT upserts, calls with an Idempotency-Key).
     idempotent: bool = True
+    # Wait out a 429's Retry-After and try again. Off where a wait would hold a customer at the
+    # till (starting a login): the caller goes on without, and does not ask again meanwhile.
+    retry_rate_limited: bool = True
 
 
 def _may_have_been_sent(exc: httpx.RequestError) -> bool:
@@ -245,9 +254,10 @@ class VippsClient:
         http: httpx.AsyncClient,
         *,
         base_url: str,
-        client_id: SecretStr,
-        client_secret: SecretStr,
-        subscription_key: SecretStr,
+        credentials: CredentialsProvider | None = None,
+        client_id: SecretStr | None = None,
+        client_secret: SecretStr | None = None,
+        subscription_key: SecretStr | None = None,
         system: SystemInfo | None = None,
         retry: RetryPolicy | None = None,
         on_call: OnCall | None = None,
@@ -256,10 +266,19 @@ class VippsClient:
         tokens: AccessTokenProvider | None = None,
         owns_http: bool = False,
     ) -> None:
+        """``credentials`` gives the keys per MSN; or pass one key set (``client_id``,
+        ``client_secret``, ``subscription_key``) to use for every MSN."""
         self._http = http
         self._owns_http = owns_http
         self._base_url = base_url.rstrip("/")
-        self._credentials = Credentials(client_id, client_secret, subscription_key)
+        if credentials is None:
+            if client_id is None or client_secret is None or subscription_key is None:
+                raise ValueError(
+                    "give credentials, or client_id, client_secret and subscription_key"
+                )
+            credentials = StaticCredentials(Credentials(client_id, client_secret, subscription_key))
+        self._credentials = credentials
+        self._system = system
         self._system_headers = system.headers() if system else {}
         self._retry = retry or RetryPolicy()
         self._on_call = on_call
@@ -285,7 +304,8 @@ class VippsClient:
         retry: RetryPolicy | None = None,
     ) -> VippsClient:
         """A client that owns its :class:`httpx.AsyncClient`, with explicit timeouts from
-        ``settings``. Close it with :meth:`aclose` (or ``async with``)."""
+        ``settings``, using the configured keys for every MSN (the service itself resolves keys
+        per sales unit; see ``app.service.credentials``). Close it with :meth:`aclose`."""
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
             read=settings.read_timeout_seconds,
@@ -297,12 +317,16 @@ class VippsClient:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             follow_redirects=False,
         )
+        keys = Credentials(
+            settings.client_id,
+            settings.client_secret,
+            settings.subscription_key,
+            partner=settings.partner_keys,
+        )
         return cls(
             http,
             base_url=settings.base_url,
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            subscription_key=settings.subscription_key,
+            credentials=StaticCredentials(keys),
             system=SystemInfo(
                 name=settings.system_name,
                 version=settings.system_version,
@@ -312,6 +336,26 @@ class VippsClient:
             retry=retry or RetryPolicy(max_retries=settings.max_retries),
             on_call=on_call,
             owns_http=True,
+        )
+
+    @property
+    def credentials(self) -> CredentialsProvider:
+        return self._credentials
+
+    def with_credentials(self, credentials: CredentialsProvider) -> VippsClient:
+        """This client with other keys: same connection pool, token cache, retries and hooks.
+
+        Used to try keys before storing them (an operator adding a sales unit's keys).
+        """
+        return VippsClient(
+            self._http,
+            base_url=self._base_url,
+            credentials=credentials,
+            system=self._system,
+            retry=self._retry,
+            on_call=self._on_call,
+            clock=self._clock,
+            tokens=self._tokens,
         )
 
     async def aclose(self) -> None:
@@ -579,16 +623,17 @@ class VippsClient:
     # ----------------------------------------------------------------------------------------
 
     async def login_discovery(self) -> OidcConfiguration:
-        """The OIDC configuration, cached for the response's ``Cache-Control: max-age``."""
+        """The OIDC configuration, cached for the response's ``Cache-Control: max-age``.
+
+        The Login calls below take their endpoints from it, as the merchant-initiated login guide
+        prescribes ("the merchant has fetched the OpenID configuration from the well-known
+        endpoint and cached it", then calls the ``backchannel_authentication_endpoint`` and
+        ``token_endpoint`` listed there) instead of fixed paths.
+        """
         async with self._discovery_lock:
             if self._discovery is not None and self._clock() < self._discovery[1]:
                 return self._discovery[0]
-            call = _Call(
-                "login.discovery",
-                "GET",
-                "/access-management-1.0/access/.well-known/openid-configuration",
-                auth=_Auth.NONE,
-            )
+            call = _Call("login.discovery", "GET", DISCOVERY_PATH, auth=_Auth.NONE)
             response = await self._send(call)
             config = _model(OidcConfiguration, response, call)
             self._discovery = (
@@ -596,6 +641,23 @@ class VippsClient:
                 self._clock() + _max_age(response.headers.get("Cache-Control")),
             )
             return config
+
+    async def _login_endpoint(self, name: str, operation: str) -> str:
+        """An endpoint named in the discovery document, on the configured Vipps origin only.
+
+        Client secrets and user tokens go to these URLs; one on another origin would be a
+        misconfiguration or worse, so it is refused rather than followed.
+        """
+        url = getattr(await self.login_discovery(), name)
+        if not isinstance(url, str) or not url:
+            raise VippsUnexpectedResponse(
+                f"the OpenID configuration names no {name}", operation=operation
+            )
+        if _origin(url) != _origin(self._base_url):
+            raise VippsUnexpectedResponse(
+                f"the OpenID configuration's {name} is not on the Vipps host", operation=operation
+            )
+        return url
 
     async def ciba_start(
         self,
@@ -609,7 +671,10 @@ class VippsClient:
 
         ``login_hint`` is ``urn:msisdn:<digits>`` (see :func:`app.vipps.login.msisdn_login_hint`);
         ``scope`` is space-separated and must include ``openid``. Not idempotent: a repeat would
-        push the user twice, so it is retried only when the request never left.
+        push the user twice, so it is retried only when the request never left — and not after a
+        429: Vipps limits logins started towards one user ("Too many login requests started
+        towards the same user at the same time. Please respect the Retry-After header"), and a
+        customer at the till cannot wait that out. The 429 is raised with ``retry_after`` set.
         """
         _check_msn(msn)
         if "openid" not in scope.split():
@@ -621,30 +686,38 @@ class VippsClient:
             if requested_expiry <= 0:
                 raise ValueError("requested_expiry must be a positive number of seconds")
             form["requested_expiry"] = str(requested_expiry)
+        operation = "login.ciba_start"
         call = _Call(
-            "login.ciba_start",
+            operation,
             "POST",
-            "/vipps-login-ciba/api/backchannel/authentication",
-            auth=_Auth.BASIC,
+            "backchannel_authentication_endpoint",
+            url=await self._login_endpoint("backchannel_authentication_endpoint", operation),
+            auth=_Auth.LOGIN,
             msn=msn,
             form=form,
             mutating=True,
             idempotent=False,
+            retry_rate_limited=False,
         )
         return _model(CibaStart, await self._send(call), call)
 
-    async def ciba_poll_token(self, auth_req_id: str) -> CibaPollResult:
-        """Poll once for the login's tokens; call no more often than ``CibaStart.interval``.
+    async def ciba_poll_token(self, msn: str, auth_req_id: str) -> CibaPollResult:
+        """Poll once for the tokens of a login started for ``msn``; call no more often than
+        ``CibaStart.interval``.
 
         Returns :class:`~app.vipps.schemas.CibaTokens`, :class:`~app.vipps.login.CibaPending`
         or :class:`~app.vipps.login.CibaEnded`; other errors raise. Tokens are handed out once,
         so a poll that may have reached Vipps is not repeated.
         """
+        _check_msn(msn)
+        operation = "login.ciba_token"
         call = _Call(
-            "login.ciba_token",
+            operation,
             "POST",
-            "/access-management-1.0/access/oauth2/token",
-            auth=_Auth.BASIC,
+            "token_endpoint",
+            url=await self._login_endpoint("token_endpoint", operation),
+            auth=_Auth.LOGIN,
+            msn=msn,
             form={"grant_type": CIBA_GRANT_TYPE, "auth_req_id": auth_req_id},
             mutating=True,
             idempotent=False,
@@ -663,10 +736,12 @@ class VippsClient:
 
     async def userinfo(self, access_token: SecretStr) -> UserInfo:
         """The consented claims of the logged-in user; no subscription key (REFERENCE.md §8.3)."""
+        operation = "login.userinfo"
         call = _Call(
-            "login.userinfo",
+            operation,
             "GET",
-            "/vipps-userinfo-api/userinfo",
+            "userinfo_endpoint",
+            url=await self._login_endpoint("userinfo_endpoint", operation),
             auth=_Auth.USER,
             user_token=access_token,
         )
@@ -676,19 +751,25 @@ class VippsClient:
     # Transport
     # ----------------------------------------------------------------------------------------
 
-    def _headers(self, call: _Call, token: SecretStr | None) -> dict[str, str]:
+    def _headers(
+        self, call: _Call, token: SecretStr | None, keys: Credentials | None
+    ) -> dict[str, str]:
         headers = dict(self._system_headers)
         match call.auth:
             case _Auth.PLATFORM:
                 assert token is not None
+                assert keys is not None
                 headers["Authorization"] = f"Bearer {token.get_secret_value()}"
-                headers["Ocp-Apim-Subscription-Key"] = (
-                    self._credentials.subscription_key.get_secret_value()
-                )
-            case _Auth.BASIC:
-                headers["Authorization"] = basic_auth(
-                    self._credentials.client_id, self._credentials.client_secret
-                )
+                headers["Ocp-Apim-Subscription-Key"] = keys.subscription_key.get_secret_value()
+            case _Auth.LOGIN:
+                assert keys is not None
+                if keys.partner:
+                    # Partner keys on Login: the platform access token as Bearer, and the MSN
+                    # header; client_secret_basic does not work for them (Login, "Partner keys").
+                    assert token is not None
+                    headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+                else:
+                    headers["Authorization"] = basic_auth(keys.client_id, keys.client_secret)
             case _Auth.USER:
                 assert call.user_token is not None
                 headers["Authorization"] = f"Bearer {call.user_token.get_secret_value()}"
@@ -704,6 +785,19 @@ class VippsClient:
             headers["Idempotency-Key"] = call.idempotency_key
         return headers
 
+    async def _keys(self, call: _Call) -> Credentials | None:
+        """The key set ``call`` authenticates with (None for calls that need none)."""
+        if call.auth not in (_Auth.PLATFORM, _Auth.LOGIN):
+            return None
+        if call.msn is None:
+            raise NoCredentials(None, call.operation)
+        try:
+            return await self._credentials.credentials_for(call.msn)
+        except NoCredentials as exc:
+            if exc.operation is None:
+                exc.operation = call.operation
+            raise
+
     async def _send(self, call: _Call) -> httpx.Response:
         """Run ``call`` under the retry policy; return the 2xx response or raise a VippsError."""
         content: bytes | None = None
@@ -712,7 +806,10 @@ class VippsClient:
             content = json.dumps(call.json_body, separators=(",", ":")).encode("utf-8")
         elif call.form is not None:
             content = urlencode(call.form).encode("ascii")
-        url = self._base_url + call.path
+        url = call.url or self._base_url + call.path
+        # Resolved once: every attempt of the call uses the same keys (and a NoCredentials is
+        # raised before anything is sent).
+        keys = await self._keys(call)
         retries = 0
         token_refreshed = False
         maybe_processed = False
@@ -720,8 +817,8 @@ class VippsClient:
             token: SecretStr | None = None
             error: VippsError
             try:
-                if call.auth is _Auth.PLATFORM:
-                    token = await self._tokens.get(self._credentials)
+                if keys is not None and (call.auth is _Auth.PLATFORM or keys.partner):
+                    token = await self._tokens.get(keys)
             except VippsUnavailable as exc:
                 error = exc  # the token endpoint failed; the call itself was not sent
             else:
@@ -732,7 +829,7 @@ class VippsClient:
                         url,
                         params=call.params,
                         content=content,
-                        headers=self._headers(call, token),
+                        headers=self._headers(call, token, keys),
                     )
                 except httpx.RequestError as exc:
                     elapsed = time.monotonic() - started
@@ -756,8 +853,9 @@ class VippsClient:
                     report_call(self._on_call, call.operation, status, elapsed, error.error_code)
                     if status == 401 and token is not None and not token_refreshed:
                         # The cached token may have been revoked or expired early: one fresh try.
+                        assert keys is not None
                         token_refreshed = True
-                        self._tokens.invalidate(self._credentials, token)
+                        self._tokens.invalidate(keys, token)
                         logger.info("vipps.call.token_rejected", extra=_log_fields(call, error))
                         continue
                     if not isinstance(error, VippsUnavailable):
@@ -772,6 +870,8 @@ class VippsClient:
                             raise error
             retry_after = error.retry_after if isinstance(error, VippsUnavailable) else None
             delay = self._retry.delay(retries, retry_after)
+            if error.status == 429 and not call.retry_rate_limited:
+                delay = None
             if retries >= self._retry.max_retries or delay is None:
                 if maybe_processed and not isinstance(error, VippsOutcomeUnknown):
                     error = VippsOutcomeUnknown.after(
@@ -799,6 +899,11 @@ def _log_fields(call: _Call, error: VippsError) -> dict[str, Any]:
         "trace_id": error.trace_id,
         "error_type": type(error).__name__,
     }
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _qr_params(image_format: QrImageFormat, image_size: int | None) -> dict[str, str]:

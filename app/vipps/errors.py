@@ -3,7 +3,8 @@
 The tree (callers branch on the class, never on message text)::
 
     VippsError                      anything that went wrong talking to Vipps
-    ├── VippsUnavailable            retryable: connection error, timeout, 5xx, 429, 423
+    ├── VippsUnavailable            retryable: connection error, timeout, 5xx, 429, 423, and
+    │   │                           the "retry" codes 6250 and 6280 whatever their status
     │   │                           (``retry_after`` holds Retry-After when Vipps sent one)
     │   └── VippsOutcomeUnknown     a mutating request may have been processed: read timeout,
     │                               connection dropped after sending, or 5xx. GET the resource
@@ -36,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -45,6 +47,35 @@ _DIGIT_RUN = re.compile(r"\+?\d[\d ]{6,}\d")
 # Customer tokens are base64 (~60 chars), access tokens are JWTs: any long opaque run goes.
 _OPAQUE_RUN = re.compile(r"[A-Za-z0-9+/_=.\-]{32,}")
 _MAX_TEXT = 300
+# ePayment refusals that say "try again", whatever their status: 6250 "cannot cancel while the
+# user is mid-authorization; retry later" (REFERENCE.md §7.6) and 6280 "transient failure; retry
+# with the same key" (§7.5). Vipps does not remember them against the Idempotency-Key.
+RETRY_LATER_CODES = frozenset({"6250", "6280"})
+# What documented ePayment codes mean (REFERENCE.md §1, §7.5-§7.10). Vipps's problem ``title`` is
+# often only the HTTP status phrase ("Bad Request"); for a documented code the meaning takes its
+# place, so the reason a till or an operator sees says what happened.
+EPAYMENT_CODE_MEANINGS = {
+    "4010": "capture retried with the same Idempotency-Key but another body",
+    "4020": "Idempotency-Key already used with another request",
+    "4040": "amounts must be whole minor units",
+    "4150": "reference already used, or refund retried with the same key but another body",
+    "5040": "currency does not match the sales unit's market",
+    "5050": "long-living payments are not enabled for this sales unit",
+    "5080": "PUSH_MESSAGE is not approved for this sales unit (ask Vipps MobilePay to approve "
+    "it, or set VIPPS_POS_VIPPS__USER_FLOW)",
+    "6010": "amount below the minimum",
+    "6040": "a fully captured payment cannot be cancelled; refund it instead",
+    "6060": "already authorized; the cancel of a pending payment was refused",
+    "6080": "not authorized (yet)",
+    "6090": "amount higher than what is left to capture",
+    "6100": "capture period expired: the reservation lapsed and cannot be captured any more",
+    "6140": "partial capture is not allowed for this sales unit",
+    "6150": "amount higher than what is left to refund",
+    "6250": "the customer is authorizing the payment; retry later",
+    "6260": "funds released early: the reservation was released before the capture",
+    "6280": "transient failure; retry with the same Idempotency-Key",
+}
+_STATUS_PHRASES = frozenset(status.phrase.lower() for status in HTTPStatus)
 
 
 def redact(text: str | None) -> str | None:
@@ -266,6 +297,9 @@ def parse_error_body(response: httpx.Response) -> _ParsedBody:
         or _text(payload.get("error_description"))
         or _text(payload.get("message"))
     )
+    if title is None or title.lower() in _STATUS_PHRASES:
+        # Only the status phrase: what the documented code means, else Vipps's detail, says more.
+        title = EPAYMENT_CODE_MEANINGS.get(code or "") or detail or title
     trace_id = _text(payload.get("traceId")) or _text(payload.get("instance"))
     return _ParsedBody(
         title=redact(title),
@@ -311,8 +345,9 @@ def error_from_response(response: httpx.Response, *, operation: str) -> VippsErr
         "invalid_params": body.invalid_params,
         "oauth_error": body.oauth_error,
     }
-    if status == 429 or status == 423 or status >= 500:
+    if status == 429 or status == 423 or status >= 500 or body.error_code in RETRY_LATER_CODES:
         # 423: payment locked by a concurrent operation, retry shortly (REFERENCE.md §1).
+        # 6250 and 6280 are refusals Vipps tells us to retry (see RETRY_LATER_CODES).
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return VippsUnavailable("Vipps unavailable", retry_after=retry_after, **fields)
     if status in (401, 403):

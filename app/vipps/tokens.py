@@ -18,7 +18,6 @@ The token is a bearer credential: it lives in a :class:`SecretStr` and is never 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import SecretStr, ValidationError
 
+from app.vipps.credentials import Credentials
 from app.vipps.errors import (
     VippsError,
     VippsUnexpectedResponse,
@@ -37,25 +37,14 @@ from app.vipps.schemas import AccessTokenResponse
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["AccessToken", "AccessTokenProvider", "Credentials", "OnCall", "report_call"]
+
 OnCall = Callable[[str, int | None, float, str | None], None]
 """Metrics hook: ``(operation, HTTP status or None, seconds, Vipps error code or None)``."""
 
 FETCH_OPERATION = "accesstoken.get"
 # Used when Vipps sends neither a usable expires_on nor expires_in; a 401 replaces it sooner.
 _FALLBACK_LIFETIME_SECONDS = 300.0
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """One sales unit's (or partner's) API keys. ``repr`` shows nothing secret."""
-
-    client_id: SecretStr
-    client_secret: SecretStr
-    subscription_key: SecretStr
-
-    def cache_key(self, base_url: str) -> tuple[str, str, str]:
-        key_hash = hashlib.sha256(self.subscription_key.get_secret_value().encode()).hexdigest()
-        return (base_url, self.client_id.get_secret_value(), key_hash)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ Invariants:
   create, capture or refund whose GET fails is re-sent with the same key and body, which Vipps
   answers with the original outcome (REFERENCE.md §7.10).
 * Commands of one checkout run in order (see ``CLAIM_OUTBOX`` in :mod:`app.persistence.postgres`).
-* At most 5 mutating calls per minute per payment reference (Vipps's limit, REFERENCE.md §7.11):
-  each call's time is recorded on the checkout, and a command that would exceed it waits.
+* At most 5 calls per minute per payment reference **and operation** (Vipps's limit, REFERENCE.md
+  §7.11: create, capture, cancel and refund each have their own): each call's time is recorded on
+  the checkout under its operation, and a command that would exceed its operation's budget waits
+  (:mod:`app.domain.call_budget`).
 * A dispatch reads nothing first: what a call needs travels with the command (its payload, and
   from its checkout the customer token and the recent call stamps). Recording the answer is one
   load and one save of the checkout, like any other decision.
@@ -32,6 +34,7 @@ from typing import Any, Literal
 
 import structlog
 
+from app.domain.call_budget import RATE_LIMIT_CALLS, RATE_LIMIT_WINDOW, recorded_calls
 from app.domain.state_machine import CommandKind, Event, EventKind
 from app.domain.statuses import OutboxStatus
 from app.persistence.records import CommandOutcome, CommandRecord
@@ -59,8 +62,6 @@ from app.vipps.schemas import (
 
 log = structlog.get_logger("app.outbox")
 
-RATE_LIMIT_CALLS = 5
-RATE_LIMIT_WINDOW = 60.0
 # Retries of money-moving calls are already spaced by the 5-per-minute limit per reference;
 # a longer backoff would only leave a refund or capture waiting after Vipps has recovered.
 MAX_BACKOFF_SECONDS = 15.0
@@ -102,6 +103,10 @@ REFUND = _MoneyMove(
     EventKind.REFUND_SUCCEEDED,
     EventKind.REFUND_FAILED,
 )
+
+
+def _budget_key(command: CommandRecord) -> str:
+    return f"{command.msn}:{command.reference}:{command.kind.value}"
 
 
 def _reason(error: VippsError) -> str:
@@ -260,16 +265,23 @@ class OutboxWorker:
     def _rate_limit_wait(self, command: CommandRecord) -> tuple[float, float | None]:
         """Seconds to wait before this call may go out, and the call's stamp if it may now.
 
-        Stamps of recorded calls travel with the command (from its checkout, as of its claim or
-        decision); calls this process has made but not yet recorded are in ``self._calls``
-        under the same stamp, so none is counted twice.
+        The budget is per reference and operation: Vipps lists create, capture, cancel and
+        refund as separate rows of 5 per minute each (REFERENCE.md §7.11), so three refunds
+        after a capture do not hold a fourth refund back. Every attempt counts, refused ones
+        and repeats with the same Idempotency-Key included: the limit's key is reference + MSN,
+        not the idempotency key. Stamps of recorded calls travel with the command (from its
+        checkout, as of its claim or decision); calls this process has made but not yet recorded
+        are in ``self._calls`` under the same stamp, so none is counted twice.
         """
         if command.kind.value not in _MUTATING:
             return 0.0, None
         now = time.time()
-        key = f"{command.msn}:{command.reference}"
-        recorded = [t for t in (command.mutating_calls or []) if now - t < 60]
-        local = self._calls.setdefault(key, deque(maxlen=RATE_LIMIT_CALLS * 2))
+        recorded = [
+            t
+            for t in recorded_calls(command.mutating_calls, command.kind.value)
+            if now - t < RATE_LIMIT_WINDOW
+        ]
+        local = self._calls.setdefault(_budget_key(command), deque(maxlen=RATE_LIMIT_CALLS * 2))
         while local and now - local[0] >= RATE_LIMIT_WINDOW:
             local.popleft()
         recent = sorted(set(recorded) | set(local))
@@ -288,7 +300,7 @@ class OutboxWorker:
         after the first: the provider-faults soak, docs/RELIABILITY.md F7).
         """
         ended = time.time()
-        local = self._calls.get(f"{command.msn}:{command.reference}")
+        local = self._calls.get(_budget_key(command))
         if local is not None and sent in local:
             local.remove(sent)
             local.append(ended)
@@ -458,5 +470,4 @@ class OutboxWorker:
             result.event,
             failure_code=result.failure_code,
             call_stamp=call_stamp,
-            rate_limit_calls=RATE_LIMIT_CALLS,
         )

@@ -159,6 +159,16 @@ async def payment_sent(stack: Stack, till: dict[str, Any], checkout_id: str) -> 
     return await stack.wait_for(till, checkout_id, lambda c: c["paymentSent"])
 
 
+async def sale(
+    stack: Stack, amount: int = 10000, **body: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A till with a checkout whose payment request is on the customer's phone."""
+    till = await stack.register_till()
+    checkout = await stack.checkout(till, amount, **body)
+    await stack.scan(till)
+    return till, await payment_sent(stack, till, checkout["id"])
+
+
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")

@@ -6,6 +6,7 @@ Every test here also checks that no full phone number and no customer token reac
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -16,8 +17,7 @@ from sqlalchemy import select, update
 
 from app.models import Checkout
 from app.observability.pii import find_pii
-from app.simulator import SimulatorConfig
-from tests.support.stack import Stack, in_process_stack
+from tests.support.stack import Stack, in_process_stack, simulator_config
 
 OLA = "4712345678"  # simulator test users
 KARI = "4798765432"
@@ -151,7 +151,7 @@ async def impatient_club(
 @asynccontextmanager
 async def _club_stack(database_url: str, **settings: Any) -> AsyncIterator[ClubRun]:
     # Logins answer within a second in tests; Vipps's default interval is 5 s.
-    config = SimulatorConfig(strict=True, ciba_interval_seconds=1)
+    config = simulator_config(ciba_interval_seconds=1)
     async with in_process_stack(database_url, sim_config=config, **settings) as stack:
         await stack.ensure_webhook()
         yield ClubRun(stack, await stack.register_till(store_id="club-store"))
@@ -399,3 +399,59 @@ async def test_member_price_is_refused_before_identification(club: ClubRun) -> N
     )
     assert early.status_code == 409
     assert early.json()["code"] == "update_not_expected"
+
+
+# ---- Login refusals (merchant-initiated login, "Error responses") -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("phone", "note"),
+    [
+        ("4790000042", "the customer's app is too old for login"),  # error_code=old_app
+        ("4790000015", "the customer cannot use Vipps login"),  # error_code=invalid_user
+    ],
+)
+async def test_a_login_vipps_refuses_for_the_customer_never_blocks_the_sale(
+    club: ClubRun, phone: str, note: str
+) -> None:
+    await club.store("enroll")
+    checkout = await club.sale(phone)
+
+    paid = await club.pay(checkout["id"])
+
+    assert paid["member"]["outcome"] == "enrollment_failed"
+    assert note in paid["member"]["note"]
+    assert paid["capturedAmount"] == 10000
+
+
+async def test_a_sales_unit_without_login_pays_without_enrollment(club: ClubRun) -> None:
+    await club.store("enroll")
+    switched = await club.stack.sim.post("/_sim/sales-units/123456", json={"loginEnabled": False})
+    assert switched.status_code == 200
+    checkout = await club.sale(KARI)
+
+    paid = await club.pay(checkout["id"])
+
+    assert paid["member"]["outcome"] == "enrollment_failed"
+    assert "Login is not enabled for this sales unit" in paid["member"]["note"]
+
+
+async def test_an_open_login_to_the_same_customer_is_not_waited_out(club: ClubRun) -> None:
+    """429 "Too many login requests started towards the same user": Vipps asks to wait; the
+    customer at the till cannot, so the sale goes on at once and the login is not retried."""
+    await club.store("enroll")
+    other_merchant = base64.b64encode(b"sim-client-id-654321:sim-client-secret-654321").decode()
+    elsewhere = await club.stack.sim.post(
+        "/vipps-login-ciba/api/backchannel/authentication",
+        headers={"Authorization": f"Basic {other_merchant}"},
+        data={"scope": "openid", "login_hint": f"urn:msisdn:{KARI}"},
+    )
+    assert elsewhere.status_code == 200
+    checkout = await club.sale(KARI)
+
+    paid = await club.pay(checkout["id"])
+
+    assert paid["member"]["outcome"] == "enrollment_failed"
+    assert "another login to this customer is still open" in paid["member"]["note"]
+    ours = (await club.stack.sim.get("/_sim/ledger?operation=cibaAuthentication")).json()
+    assert [(c["msn"], c["status"]) for c in ours] == [("654321", 200), ("123456", 429)]

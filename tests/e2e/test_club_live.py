@@ -15,8 +15,7 @@ import pytest
 
 from app.devstack import BackgroundServer
 from app.observability.pii import find_pii
-from app.simulator import SimulatorConfig
-from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator
+from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator, live_simulator_config
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +37,7 @@ MEMBER_RECEIPT = {
 
 @pytest.fixture
 def club_simulator() -> Iterator[BackgroundServer]:
-    with live_simulator(SimulatorConfig(strict=True, ciba_interval_seconds=1)) as server:
+    with live_simulator(live_simulator_config(ciba_interval_seconds=1)) as server:
         yield server
 
 

@@ -21,8 +21,8 @@ import pytest
 
 from app.devstack import BackgroundServer
 from app.observability.pii import find_pii
-from app.simulator import Simulator, SimulatorConfig, create_simulator_app
-from tests.support.live import ADMIN_KEY, ServiceProcess
+from app.simulator import Simulator, create_simulator_app
+from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator_config
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ SIM_SECRETS = ("sim-client-secret", "sim-subscription-key")
 
 @pytest.fixture
 def simulator_app() -> Any:
-    return create_simulator_app(SimulatorConfig(strict=True))
+    return create_simulator_app(live_simulator_config())
 
 
 @pytest.fixture

@@ -25,10 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import create_engine
 from app.devstack import BackgroundServer
 from app.settings import DatabaseSettings
-from app.simulator import SimulatorConfig
 from app.vipps.signature import format_ms_date, sign_webhook
 from tests.reliability.support import FINAL_STATES, scan_logs_for_pii
-from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator
+from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator, live_simulator_config
 
 MSN = "123456"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -230,7 +229,7 @@ def start_cluster(
 def sim_server() -> Iterator[BackgroundServer]:
     # Strict request checking is left to the in-process tests: it costs the load tests more CPU
     # than the service itself on a 2-core machine.
-    with live_simulator(SimulatorConfig(strict=False)) as server:
+    with live_simulator(live_simulator_config(strict=False)) as server:
         yield server
 
 

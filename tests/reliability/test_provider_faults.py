@@ -110,6 +110,6 @@ async def test_sales_survive_provider_faults_at_10_30_and_50_percent(make_cluste
     worst, _ = report.max_calls_per_minute()
     print(  # noqa: T201 (the figures docs/RELIABILITY.md reports; visible with -s)
         f"provider faults: {dict(outcomes)}; ledger {report.calls} mutating calls, "
-        f"faults {dict(report.faults)}, max {worst}/min/reference"
+        f"faults {dict(report.faults)}, max {worst}/min/reference and operation"
     )
     assert report.faults, "no fault fired: the test proved nothing"

@@ -23,7 +23,7 @@ import pytest
 from fastapi import Request
 
 from app.main import create_app
-from app.simulator import Simulator, SimulatorConfig, create_simulator_app
+from app.simulator import Simulator, create_simulator_app
 from tests.support.stack import (
     ADMIN_KEY,
     SERVICE_URL,
@@ -31,6 +31,7 @@ from tests.support.stack import (
     Replica,
     RoundRobin,
     service_settings,
+    simulator_config,
 )
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(120)]
@@ -65,7 +66,7 @@ async def replicas(
     like every endpoint does (``app/api/deps.py``), waits for ``hold`` and then reads the
     database — a request that is inside the app across a restart.
     """
-    sim_app = create_simulator_app(SimulatorConfig(strict=True))
+    sim_app = create_simulator_app(simulator_config())
     simulator: Simulator = sim_app.state.simulator
     settings = service_settings(database_url, database={"pool_size": 2, "max_overflow": 2})
     apps = [

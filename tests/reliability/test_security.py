@@ -355,42 +355,75 @@ async def test_admin_list_filters_still_accept_every_known_value(stack: Stack) -
     assert inbox.status_code == 200, inbox.text
 
 
-async def test_ensure_webhook_for_a_sales_unit_we_may_not_use_is_a_422(stack: Stack) -> None:
-    # Vipps answers 403 for an MSN our credentials do not cover; that was a 500 before.
+async def test_ensure_webhook_for_a_sales_unit_we_hold_no_keys_for_is_a_422(stack: Stack) -> None:
+    # No keys cover the MSN: refused before anything goes to Vipps (was a 500, then Vipps's 403).
     response = await stack.service.post("/api/v1/webhooks/0000/ensure", headers=stack.admin)
     assert response.status_code == 422, response.text
-    assert response.json()["code"] == "msn_not_accessible"
+    assert response.json()["code"] == "msn_not_covered"
     drift = await stack.service.get("/api/v1/drift", params={"msn": "0000"}, headers=stack.admin)
     assert drift.status_code == 422, drift.text
 
 
-async def test_qr_and_resync_of_a_till_on_a_sales_unit_we_may_not_use_are_422(stack: Stack) -> None:
-    # Soak run of 2026-11-27: Vipps's 403 for the till's MSN came back as a 503 (a server error).
-    till = await stack.service.post(
-        "/api/v1/tills",
-        json={
-            "tillId": "foreign-msn",
-            "storeId": "store-1",
-            "locationDescription": "Kasse 9",
-            "msn": "0000",
-        },
+async def test_keys_vipps_refuses_are_a_422_not_a_server_error(stack: Stack) -> None:
+    # Found by schemathesis: keys stored without trying them, which Vipps then refuses (401),
+    # were a 502 on every operator call; and values that cannot travel in a header were a 500.
+    unfit = await stack.service.put(
+        "/api/v1/vipps-keys/0000",
+        json={"clientId": "a", "clientSecret": "ø", "subscriptionKey": "b c"},
         headers=stack.admin,
     )
-    assert till.status_code == 201, till.text
-    response = await stack.service.get("/api/v1/tills/foreign-msn/qr", headers=stack.admin)
-    assert response.status_code == 422, response.text
-    assert response.json()["code"] == "msn_not_accessible"
-    # Same sales unit, soak re-run: an operator's resync of its checkout was a 500.
-    pos = {"Authorization": f"Bearer {till.json()['apiKey']}"}
-    checkout = await stack.service.post(
-        "/api/v1/tills/foreign-msn/checkouts", json={"amount": 1000, "currency": "NOK"}, headers=pos
+    assert unfit.status_code == 422, unfit.text
+    assert [e["field"] for e in unfit.json()["errors"]] == ["clientSecret", "subscriptionKey"]
+    stored = await stack.service.put(
+        "/api/v1/vipps-keys/0000",
+        json={"clientId": "a", "clientSecret": "b", "subscriptionKey": "c", "verify": False},
+        headers=stack.admin,
     )
-    assert checkout.status_code == 201, checkout.text
-    resync = await stack.service.post(
-        f"/api/v1/checkouts/{checkout.json()['id']}/resync", headers=stack.admin
-    )
-    assert resync.status_code == 422, resync.text
-    assert resync.json()["code"] == "msn_not_accessible"
+    assert stored.status_code == 200, stored.text
+    drift = await stack.service.get("/api/v1/drift", params={"msn": "0000"}, headers=stack.admin)
+    assert drift.status_code == 422, drift.text
+    assert drift.json()["code"] == "vipps_keys_refused"
+
+
+async def test_qr_and_resync_of_a_till_on_a_sales_unit_we_may_not_use_are_422(
+    pg_url: str,
+) -> None:
+    # Soak run of 2026-11-27: Vipps's 403 for the till's MSN came back as a 503 (a server error).
+    # With partner keys the service cannot know which MSNs are the partner's: Vipps says 403.
+    partner = {
+        "client_id": "sim-partner-client-id",
+        "client_secret": "sim-partner-client-secret",
+        "subscription_key": "sim-partner-subscription-key",
+        "partner_keys": True,
+    }
+    async with in_process_stack(pg_url, vipps=partner) as stack:
+        till = await stack.service.post(
+            "/api/v1/tills",
+            json={
+                "tillId": "foreign-msn",
+                "storeId": "store-1",
+                "locationDescription": "Kasse 9",
+                "msn": "0000",
+            },
+            headers=stack.admin,
+        )
+        assert till.status_code == 201, till.text
+        response = await stack.service.get("/api/v1/tills/foreign-msn/qr", headers=stack.admin)
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "msn_not_accessible"
+        # Same sales unit, soak re-run: an operator's resync of its checkout was a 500.
+        pos = {"Authorization": f"Bearer {till.json()['apiKey']}"}
+        checkout = await stack.service.post(
+            "/api/v1/tills/foreign-msn/checkouts",
+            json={"amount": 1000, "currency": "NOK"},
+            headers=pos,
+        )
+        assert checkout.status_code == 201, checkout.text
+        resync = await stack.service.post(
+            f"/api/v1/checkouts/{checkout.json()['id']}/resync", headers=stack.admin
+        )
+        assert resync.status_code == 422, resync.text
+        assert resync.json()["code"] == "msn_not_accessible"
 
 
 async def test_resync_when_vipps_rate_limits_the_payment_is_a_429_with_retry_after(

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from app.db import create_engine
 from app.main import create_app
 from app.settings import DatabaseSettings
-from app.simulator import Simulator, SimulatorConfig, create_simulator_app
+from app.simulator import Simulator, create_simulator_app
 from tests.reliability.support import (
     FINAL_STATES,
     assert_ledger_clean,
@@ -46,6 +46,7 @@ from tests.support.stack import (
     Replica,
     RoundRobin,
     service_settings,
+    simulator_config,
 )
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(scaled(300, 6 * 3600))]
@@ -79,7 +80,7 @@ class TwoReplicas:
             workers={"outbox_lease_seconds": 5},
             database={"url": database_url, "pool_size": 5, "max_overflow": 5},
         )
-        self.sim_app = create_simulator_app(SimulatorConfig(strict=True, fault_seed=7))
+        self.sim_app = create_simulator_app(simulator_config(fault_seed=7))
         self.simulator: Simulator = self.sim_app.state.simulator
         self.replicas = [
             Replica(

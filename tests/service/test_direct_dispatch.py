@@ -267,6 +267,7 @@ async def test_audit_entries_name_the_request_that_caused_them_not_the_first_one
     to no request (as when a claim loop dispatches), or the hash-chained audit log would name
     the wrong endpoint for good."""
     async with in_process_stack(database_url) as stack:
+        await stack.add_keys()  # the second sales unit's own keys
         tills = {}
         currencies = {"123456": "NOK", "654321": "DKK"}  # the simulator's two sales units
         for msn, name in (("123456", "till-a"), ("654321", "till-b")):

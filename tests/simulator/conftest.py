@@ -17,12 +17,23 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from app.simulator import ManualClock, Simulator, SimulatorConfig, create_simulator_app
+from app.simulator import ManualClock, Simulator, SimulatorConfig, approved, create_simulator_app
+from app.simulator.config import DEFAULT_SALES_UNITS
 from app.vipps.signature import verify_webhook
 
 MSN = "123456"
 DKK_MSN = "654321"
 SUBSCRIPTION_KEY = "sim-subscription-key"
+# Each sales unit has its own keys (client_id, client_secret, subscription key), as at Vipps.
+KEYS = {
+    MSN: ("sim-client-id", "sim-client-secret", SUBSCRIPTION_KEY),
+    DKK_MSN: ("sim-client-id-654321", "sim-client-secret-654321", "sim-subscription-key-654321"),
+}
+PARTNER_KEYS = (
+    "sim-partner-client-id",
+    "sim-partner-client-secret",
+    "sim-partner-subscription-key",
+)
 HOOK_URL = "https://pos.example.com/vipps/webhooks/123456?tenant=a"
 ALL_EVENTS = [
     "user.checked-in.v1",
@@ -96,28 +107,37 @@ class Env:
     clock: ManualClock
     token: str = ""
     secrets: dict[str, str] = field(default_factory=dict)
+    # Access tokens of the other sales units' keys, by MSN (``token`` is the one of MSN).
+    tokens: dict[str, str] = field(default_factory=dict)
 
     def headers(self, msn: str | None = MSN, **extra: str) -> dict[str, str]:
+        """Headers with the keys of ``msn``'s own sales unit (MSN's when ``msn`` is None)."""
+        keys = msn if msn in KEYS else MSN
         headers = {
-            "Authorization": f"Bearer {self.token}",
-            "Ocp-Apim-Subscription-Key": SUBSCRIPTION_KEY,
+            "Authorization": f"Bearer {self.token if keys == MSN else self.tokens[keys]}",
+            "Ocp-Apim-Subscription-Key": KEYS[keys][2],
         }
         if msn is not None:
             headers["Merchant-Serial-Number"] = msn
         headers.update({k.replace("_", "-"): v for k, v in extra.items()})
         return headers
 
-    async def fetch_token(self) -> str:
+    async def token_for(self, client_id: str, client_secret: str, subscription_key: str) -> str:
         response = await self.client.post(
             "/accesstoken/get",
             headers={
-                "client_id": "sim-client-id",
-                "client_secret": "sim-client-secret",
-                "Ocp-Apim-Subscription-Key": SUBSCRIPTION_KEY,
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "Ocp-Apim-Subscription-Key": subscription_key,
             },
         )
         assert response.status_code == 200, response.text
-        self.token = response.json()["access_token"]
+        token: str = response.json()["access_token"]
+        return token
+
+    async def fetch_token(self) -> str:
+        self.token = await self.token_for(*KEYS[MSN])
+        self.tokens[DKK_MSN] = await self.token_for(*KEYS[DKK_MSN])
         return self.token
 
     async def register(
@@ -196,10 +216,16 @@ def error_code(response: httpx.Response) -> str | None:
 
 @asynccontextmanager
 async def open_env(**overrides: Any) -> AsyncIterator[Env]:
-    """A fresh simulator with ``SimulatorConfig(**overrides)`` and a fetched access token."""
+    """A fresh simulator with ``SimulatorConfig(**overrides)`` and fetched access tokens.
+
+    Its sales units are approved for PUSH_MESSAGE and have Login enabled unless ``sales_units``
+    is given: most rules are tested on a sales unit set up for this flow; the defaults of a fresh
+    one have tests of their own.
+    """
     receiver = Receiver()
     clock = ManualClock(datetime.now(UTC).replace(microsecond=123456))
     settings: dict[str, Any] = {
+        "sales_units": tuple(approved(unit) for unit in DEFAULT_SALES_UNITS),
         "clock": clock,
         "webhook_transport": httpx.ASGITransport(receiver.app),
         "webhook_retry_delays": (0.005, 0.01, 0.02),

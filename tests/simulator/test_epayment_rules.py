@@ -312,7 +312,8 @@ async def test_capture_at_most_authorized_minus_captured_minus_cancelled_6090(en
 async def test_partial_capture_can_be_refused_6140() -> None:
     from app.simulator import SalesUnit
 
-    async with open_env(sales_units=(SalesUnit(MSN, "NOK", partial_capture_allowed=False),)) as env:
+    unit = SalesUnit(MSN, "NOK", push_message_allowed=True, partial_capture_allowed=False)
+    async with open_env(sales_units=(unit,)) as env:
         await env.authorized("state-0003")
         response = await env.modify("state-0003", "capture", 5000)
         assert response.status_code == 400
@@ -456,31 +457,64 @@ async def test_profile_sub_after_authorization_when_requested(env: Env) -> None:
 # ---------------------------------------------------------------- rate limits (§7.11)
 
 
-async def test_five_mutating_calls_per_minute_per_reference(env: Env) -> None:
+async def test_five_calls_per_minute_per_reference_and_operation(env: Env) -> None:
     await env.authorized("rate-0001", 10000)
-    for _ in range(4):
+    for _ in range(5):
         assert (await env.modify("rate-0001", "capture", 100)).status_code == 200
     limited = await env.modify("rate-0001", "capture", 100)
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
+    # Each operation has its own row on the ePayment "Error handling" page: five captures do
+    # not use up the refunds' budget, nor the cancels'.
+    for _ in range(5):
+        assert (await env.modify("rate-0001", "refund", 10)).status_code == 200
+    assert (await env.modify("rate-0001", "refund", 10)).status_code == 429
+    assert (await env.modify("rate-0001", "cancel")).status_code == 200
     await env.authorized("rate-0002")  # other references are not affected
     assert (await env.modify("rate-0002", "capture", 100)).status_code == 200
     env.sim.advance_clock(60)
-    assert (await env.modify("rate-0001", "capture", 100)).status_code == 200
+    assert (await env.modify("rate-0001", "capture", 100)).status_code == 400  # 6090 now: none left
 
 
-async def test_reads_are_limited_per_reference() -> None:
+async def test_refused_and_replayed_calls_count_against_their_operation(env: Env) -> None:
+    """The issue's sequence: create, an early capture (6080), an over-capture (6090), a
+    capture, then refunds. The first refund is judged on its merits (6150), not by a 429."""
+    assert (await env.create("rate-0005", 10000, key="create-5")).status_code == 201
+    early = await env.modify("rate-0005", "capture", 10000)
+    assert error_code(early) == "6080"
+    await env.approve("rate-0005")
+    over = await env.modify("rate-0005", "capture", 20000)
+    assert error_code(over) == "6090"
+    assert (await env.modify("rate-0005", "capture", 4000, key="cap-1")).status_code == 200
+    too_much = await env.modify("rate-0005", "refund", 5000)
+    assert too_much.status_code == 400
+    assert error_code(too_much) == "6150"
+    # Two captures so far were refused and one went through: replays of the stored answer
+    # count like any call to the reference (the limit's key has no Idempotency-Key in it).
+    for _ in range(2):
+        assert (await env.modify("rate-0005", "capture", 4000, key="cap-1")).status_code == 200
+    assert (await env.modify("rate-0005", "capture", 4000, key="cap-1")).status_code == 429
+    ledger = (await env.client.get("/_sim/ledger?reference=rate-0005")).json()
+    captures = [e for e in ledger if e["operation"] == "capturePayment"]
+    assert [e["status"] for e in captures] == [400, 400, 200, 200, 200, 429]
+    assert [e["replay"] for e in captures] == [False, False, False, True, True, False]
+
+
+async def test_reads_are_limited_per_reference_and_endpoint() -> None:
     async with open_env(reads_per_minute=3) as env:
         await env.create("rate-0003")
         for _ in range(3):
             assert (
                 await env.client.get("/epayment/v1/payments/rate-0003", headers=env.headers())
             ).status_code == 200
-        limited = await env.client.get(
-            "/epayment/v1/payments/rate-0003/events", headers=env.headers()
-        )
+        limited = await env.client.get("/epayment/v1/payments/rate-0003", headers=env.headers())
         assert limited.status_code == 429
         assert "Retry-After" in limited.headers
+        # "Get a payment" and "Get payment event log" are separate rows, each 120 per minute.
+        events = await env.client.get(
+            "/epayment/v1/payments/rate-0003/events", headers=env.headers()
+        )
+        assert events.status_code == 200
 
 
 async def test_rate_limits_can_be_switched_off() -> None:

@@ -100,6 +100,9 @@ async def test_over_real_http_qr_image_scan_and_signed_webhook(
 
 async def test_over_real_http_reset_and_commit_then_drop(http: httpx.AsyncClient) -> None:
     headers = await _headers(http)
+    # A fresh sales unit is not approved for PUSH_MESSAGE; Vipps MobilePay approves it on request.
+    approved = await http.post("/_sim/sales-units/123456", json={"pushMessageAllowed": True})
+    assert approved.json()["pushMessageAllowed"] is True
     await http.post("/_sim/faults", json={"kind": "reset", "operation": "getPayment", "times": 1})
     with pytest.raises(httpx.TransportError):
         await http.get("/epayment/v1/payments/http-00001", headers=headers)

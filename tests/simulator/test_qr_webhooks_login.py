@@ -211,14 +211,6 @@ async def test_register_validates_url_and_events(env: Env, body: dict[str, objec
     ).status_code == 400
 
 
-async def test_https_can_be_required_for_webhook_urls() -> None:
-    async with open_env(require_https_webhook_urls=True) as env:
-        body = {"url": "http://pos.example.com/hook", "events": ["user.checked-in.v1"]}
-        assert (
-            await env.client.post("/webhooks/v1/webhooks", headers=env.headers(), json=body)
-        ).status_code == 400
-
-
 # ---------------------------------------------------------------- Login (CIBA) and userinfo
 
 

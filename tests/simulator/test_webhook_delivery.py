@@ -13,13 +13,13 @@ from tests.simulator.conftest import DKK_MSN, Env, open_env
 
 async def test_signature_verifies_with_the_registration_secret_and_registered_url(env: Env) -> None:
     hook = await env.register(
-        ["epayments.payment.created.v1"], url="https://pos.example.com:8443/hooks/vipps?store=7"
+        ["epayments.payment.created.v1"], url="https://pos.example.com:8080/hooks/vipps?store=7"
     )
     await env.create("signed-0001")
     assert await env.sim.webhooks.drain()
     item = env.receiver.received[0]
     assert item.path_and_query == "/hooks/vipps?store=7"
-    assert item.host == "pos.example.com:8443"
+    assert item.host == "pos.example.com:8080"
     env.receiver.verify(item, env.secrets[hook])
     with pytest.raises(WebhookSignatureError):
         verify_webhook(

@@ -22,14 +22,21 @@ import httpx
 
 from app.devstack import BackgroundServer, free_port
 from app.simulator import SimulatorConfig, create_simulator_app
+from tests.support.stack import simulator_config
 
 ADMIN_KEY = "live-admin-key-0123456789"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def live_simulator_config(**overrides: Any) -> SimulatorConfig:
+    """:func:`tests.support.stack.simulator_config` for a service on a local port: the
+    development switch lets it register its http://127.0.0.1:<port> webhook URL."""
+    return simulator_config(**{"allow_http_localhost_webhooks": True, **overrides})
+
+
 @contextmanager
 def live_simulator(config: SimulatorConfig | None = None) -> Iterator[BackgroundServer]:
-    server = BackgroundServer(create_simulator_app(config or SimulatorConfig(strict=True)))
+    server = BackgroundServer(create_simulator_app(config or live_simulator_config()))
     server.start()
     try:
         yield server

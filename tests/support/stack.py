@@ -18,11 +18,33 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
-from app.simulator import Simulator, SimulatorConfig, create_simulator_app
+from app.simulator import Simulator, SimulatorConfig, approved, create_simulator_app
+from app.simulator.config import DEFAULT_SALES_UNITS
 
 ADMIN_KEY = "test-admin-key-0123456789"
-SERVICE_URL = "http://pos.test"
+# HTTPS: the simulator, like Vipps, registers no other webhook URL (in-process, no TLS is spoken).
+SERVICE_URL = "https://pos.test"
 SIM_URL = "http://vipps.test"
+# The simulator's own keys of its second sales unit (each sales unit has its own, as at Vipps).
+DKK_MSN = "654321"
+DKK_KEYS = {
+    "clientId": "sim-client-id-654321",
+    "clientSecret": "sim-client-secret-654321",
+    "subscriptionKey": "sim-subscription-key-654321",
+}
+
+
+def simulator_config(**overrides: Any) -> SimulatorConfig:
+    """The simulator as the service's tests meet it: strict request checking, and sales units
+    set up for this flow — PUSH_MESSAGE approved and Login enabled, what a merchant asks Vipps
+    MobilePay for before going live (docs/operations.md). Everything else is the simulator's
+    default, i.e. the real service's: HTTPS-only webhook URLs, keys per sales unit."""
+    settings: dict[str, Any] = {
+        "strict": True,
+        "sales_units": tuple(approved(unit) for unit in DEFAULT_SALES_UNITS),
+    }
+    settings.update(overrides)
+    return SimulatorConfig(**settings)
 
 
 def service_settings(database_url: str, **overrides: Any) -> Settings:
@@ -185,6 +207,13 @@ class Stack:
         body: dict[str, Any] = response.json()
         return body
 
+    async def add_keys(self, msn: str = DKK_MSN, keys: dict[str, str] | None = None) -> None:
+        """Give the service a sales unit's own keys (the simulator's for 654321 by default)."""
+        response = await self.service.put(
+            f"/api/v1/vipps-keys/{msn}", json=keys or DKK_KEYS, headers=self.admin
+        )
+        assert response.status_code == 200, response.text
+
     async def ensure_webhook(self, msn: str = "123456") -> None:
         response = await self.service.post(f"/api/v1/webhooks/{msn}/ensure", headers=self.admin)
         assert response.status_code == 200, response.text
@@ -260,7 +289,7 @@ async def in_process_stack(
     **settings_overrides: Any,
 ) -> AsyncIterator[Stack]:
     settings = service_settings(database_url, **settings_overrides)
-    config = sim_config or SimulatorConfig(strict=True)
+    config = sim_config or simulator_config()
     service_app: FastAPI
     sim_app = create_simulator_app(config)
     simulator: Simulator = sim_app.state.simulator

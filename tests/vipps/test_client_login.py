@@ -13,7 +13,13 @@ from pydantic import SecretStr
 
 from app.simulator.conformance import find_operation, validate_response
 from app.vipps.client import VippsClient
-from app.vipps.errors import VippsAuthError, VippsOutcomeUnknown, VippsRejected
+from app.vipps.errors import (
+    VippsAuthError,
+    VippsOutcomeUnknown,
+    VippsRejected,
+    VippsUnavailable,
+    VippsUnexpectedResponse,
+)
 from app.vipps.login import CibaEnded, CibaPending, msisdn_login_hint
 from app.vipps.schemas import CibaTokens
 
@@ -53,6 +59,15 @@ def discovery_document() -> dict[str, Any]:
         "grant_types_supported": ["authorization_code", "urn:openid:params:grant-type:ciba"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
     }
+
+
+@pytest.fixture
+def discovered(router: respx.MockRouter) -> respx.Route:
+    """The discovery document the Login calls take their endpoints from."""
+    answer = canned(
+        "GET", DISCOVERY, 200, discovery_document(), headers={"Cache-Control": "max-age=3600"}
+    )
+    return router.get(DISCOVERY).mock(return_value=answer)
 
 
 def test_ciba_endpoints_have_no_published_spec() -> None:
@@ -96,7 +111,9 @@ async def test_discovery_without_cache_headers_is_cached_briefly(
     assert route.call_count == 1
 
 
-async def test_ciba_start(router: respx.MockRouter, client: VippsClient) -> None:
+async def test_ciba_start(
+    router: respx.MockRouter, client: VippsClient, discovered: respx.Route
+) -> None:
     route = router.post(CIBA_START).mock(
         return_value=httpx.Response(
             200,
@@ -124,7 +141,7 @@ async def test_ciba_start(router: respx.MockRouter, client: VippsClient) -> None
 
 
 async def test_ciba_start_minimal_form_and_default_interval(
-    router: respx.MockRouter, client: VippsClient
+    router: respx.MockRouter, client: VippsClient, discovered: respx.Route
 ) -> None:
     route = router.post(CIBA_START).mock(
         return_value=httpx.Response(200, json={"auth_req_id": "abc", "expires_in": 600})
@@ -161,7 +178,7 @@ def test_msisdn_login_hint_refuses_formatted_numbers() -> None:
 
 
 async def test_ciba_start_rejected_for_an_old_app(
-    router: respx.MockRouter, client: VippsClient, recorder: Recorder
+    router: respx.MockRouter, client: VippsClient, discovered: respx.Route, recorder: Recorder
 ) -> None:
     router.post(CIBA_START).mock(
         return_value=httpx.Response(400, json={"error": "invalid_request", "error_code": "old_app"})
@@ -173,7 +190,7 @@ async def test_ciba_start_rejected_for_an_old_app(
 
 
 async def test_ciba_start_is_not_repeated_once_it_may_have_arrived(
-    router: respx.MockRouter, client: VippsClient
+    router: respx.MockRouter, client: VippsClient, discovered: respx.Route
 ) -> None:
     # A repeat would push the user twice.
     route = router.post(CIBA_START).mock(return_value=httpx.Response(503))
@@ -182,21 +199,44 @@ async def test_ciba_start_is_not_repeated_once_it_may_have_arrived(
     assert route.call_count == 1
 
 
-async def test_ciba_start_waits_out_retry_after_on_429(
-    router: respx.MockRouter, client: VippsClient, recorder: Recorder
+async def test_ciba_start_does_not_wait_out_a_429(
+    router: respx.MockRouter, client: VippsClient, discovered: respx.Route, recorder: Recorder
 ) -> None:
+    # "Too many login requests started towards the same user at the same time. Please respect
+    # the Retry-After header": the customer at the till cannot wait it out; the caller goes on.
     route = router.post(CIBA_START).mock(
-        side_effect=[
-            httpx.Response(429, headers={"Retry-After": "3"}, text="Too many requests"),
-            httpx.Response(200, json={"auth_req_id": "abc", "expires_in": 600, "interval": 5}),
-        ]
+        return_value=httpx.Response(429, headers={"Retry-After": "3"}, text="Too many requests")
+    )
+    with pytest.raises(VippsUnavailable) as caught:
+        await client.ciba_start(MSN, "urn:msisdn:4712345678", "openid")
+    assert caught.value.status == 429
+    assert caught.value.retry_after == 3.0
+    assert recorder.sleeps == []
+    assert route.call_count == 1
+
+
+async def test_login_endpoints_come_from_discovery_and_stay_on_the_vipps_host(
+    router: respx.MockRouter, client: VippsClient
+) -> None:
+    document = {
+        **discovery_document(),
+        "backchannel_authentication_endpoint": f"{BASE}/ciba/v2/start",
+        "token_endpoint": "https://login.example.net/oauth2/token",
+    }
+    router.get(DISCOVERY).mock(return_value=httpx.Response(200, json=document))
+    moved = router.post("/ciba/v2/start").mock(
+        return_value=httpx.Response(200, json={"auth_req_id": "abc", "expires_in": 600})
     )
     await client.ciba_start(MSN, "urn:msisdn:4712345678", "openid")
-    assert recorder.sleeps == [3.0]
-    assert route.call_count == 2
+    assert moved.call_count == 1
+    # A client secret is never sent to another origin, whatever the document says.
+    with pytest.raises(VippsUnexpectedResponse, match="not on the Vipps host"):
+        await client.ciba_poll_token(MSN, "abc")
 
 
-async def test_ciba_poll_returns_tokens(router: respx.MockRouter, client: VippsClient) -> None:
+async def test_ciba_poll_returns_tokens(
+    router: respx.MockRouter, client: VippsClient, discovered: respx.Route
+) -> None:
     body = {
         "access_token": "user-access-token",
         "token_type": "Bearer",
@@ -208,7 +248,7 @@ async def test_ciba_poll_returns_tokens(router: respx.MockRouter, client: VippsC
     # JWT string (OpenID Connect Core §2). That is the only objection allowed.
     answer = canned("POST", TOKEN, 200, body, known_violation="is not of type 'integer'")
     route = router.post(TOKEN).mock(return_value=answer)
-    result = await client.ciba_poll_token("VYGaaAMRkI6SyAm_uIywhxsN2K0")
+    result = await client.ciba_poll_token(MSN, "VYGaaAMRkI6SyAm_uIywhxsN2K0")
     request = route.calls.last.request
     assert_login_headers(request)
     assert form(request) == {
@@ -233,6 +273,7 @@ async def test_ciba_poll_returns_tokens(router: respx.MockRouter, client: VippsC
 async def test_ciba_poll_outcomes(
     router: respx.MockRouter,
     client: VippsClient,
+    discovered: respx.Route,
     recorder: Recorder,
     error: str,
     expected: object,
@@ -247,11 +288,13 @@ async def test_ciba_poll_outcomes(
             400, json={"error": error, "error_description": "The user said no"}
         )
     )
-    assert await client.ciba_poll_token("abc") == expected
+    assert await client.ciba_poll_token(MSN, "abc") == expected
     assert recorder.sleeps == []
 
 
-async def test_ciba_poll_other_errors_raise(router: respx.MockRouter, client: VippsClient) -> None:
+async def test_ciba_poll_other_errors_raise(
+    router: respx.MockRouter, client: VippsClient, discovered: respx.Route
+) -> None:
     router.post(TOKEN).mock(
         side_effect=[
             httpx.Response(400, json={"error": "invalid_grant"}),
@@ -259,14 +302,14 @@ async def test_ciba_poll_other_errors_raise(router: respx.MockRouter, client: Vi
         ]
     )
     with pytest.raises(VippsRejected) as rejected:
-        await client.ciba_poll_token("abc")
+        await client.ciba_poll_token(MSN, "abc")
     assert rejected.value.oauth_error == "invalid_grant"
     with pytest.raises(VippsAuthError):
-        await client.ciba_poll_token("abc")
+        await client.ciba_poll_token(MSN, "abc")
 
 
 async def test_userinfo_uses_the_users_token_only(
-    router: respx.MockRouter, client: VippsClient
+    router: respx.MockRouter, client: VippsClient, discovered: respx.Route
 ) -> None:
     route = router.get(USERINFO).mock(
         return_value=httpx.Response(

@@ -59,7 +59,8 @@ def test_epayment_problem_with_error_code() -> None:
     assert type(error) is VippsRejected
     assert error.status == 400
     assert error.error_code == "6080"
-    assert error.title == "Bad Request"
+    # Vipps's title is only the status phrase: the documented meaning of the code replaces it.
+    assert error.title == "not authorized (yet)"
     assert error.detail == "Payment is not authorized"
     assert error.trace_id == "f3b7c0a2-trace"
     assert "6080" in str(error)
@@ -253,3 +254,27 @@ def test_outcome_unknown_keeps_the_last_answer() -> None:
     assert escalated.status == 503
     assert escalated.retry_after == 4.0
     assert escalated.operation == "op"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, "6280"), (423, "6250"), (400, "6250")],
+)
+def test_refusals_vipps_says_to_retry_are_retryable(status: int, code: str) -> None:
+    """6280 "transient failure; retry with the same key" and 6250 "cannot cancel while the user
+    is authorizing; retry later" (REFERENCE.md §7.5, §7.6): retried, not final refusals."""
+    body = problem(status, "Bad Request", "try again", code=code)
+    error = error_from_response(response(status, body), operation="epayment.capture_payment")
+    assert type(error) is VippsUnavailable
+    assert error.error_code == code
+
+
+def test_a_documented_code_explains_a_bare_status_title() -> None:
+    body = problem(400, "Bad Request", "Capture period expired for payment", code="6100")
+    error = error_from_response(response(400, body), operation="epayment.capture_payment")
+    assert type(error) is VippsRejected
+    assert error.title is not None
+    assert error.title.startswith("capture period expired")
+    # An undocumented refusal keeps Vipps's own words.
+    plain = problem(400, "Bad Request", "The refund period for this payment has ended")
+    assert error_from_response(response(400, plain), operation="x").title == plain["detail"]
