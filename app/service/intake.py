@@ -121,6 +121,47 @@ def classify(payload: Any) -> tuple[str, str | None]:
     return "unknown", None
 
 
+# Longest event type and reference the inbox stores (webhook_inbox.event_type/reference).
+_MAX_EVENT_TYPE = 64
+_MAX_REFERENCE = 64
+
+
+def _has_unstorable_text(payload: Any) -> bool:
+    """Whether any key or string in ``payload`` holds a NUL or an unpaired surrogate (JSON allows
+    both as escapes; Postgres text and UTF-8 hold neither). Iterative: nesting depth is the
+    sender's to choose."""
+    pending = [payload]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item or any("\ud800" <= ch <= "\udfff" for ch in item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def unprocessable_reason(event_type: str, reference: str | None, payload: Any) -> str | None:
+    """Why a verified delivery that parsed cannot be processed (it is then stored raw, marked
+    ``FAILED`` and acknowledged — never a 500), or ``None``."""
+    if _has_unstorable_text(payload):
+        return "payload holds a NUL or an unpaired surrogate (kept for inspection)"
+    if len(event_type) > _MAX_EVENT_TYPE:
+        return f"event name longer than {_MAX_EVENT_TYPE - len('epayments.payment..v1')} characters"
+    if reference is not None and len(reference) > _MAX_REFERENCE:
+        return f"reference longer than {_MAX_REFERENCE} characters"
+    return None
+
+
+def storable_text(body: bytes) -> str:
+    """The raw body as text a database can hold: bytes that are not UTF-8, and NUL bytes, become
+    U+FFFD (a body with either is not JSON, so nothing is lost that could be processed)."""
+    return body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
 def dedup_key(msn: str, event_type: str, payload: Any, body: bytes) -> str:
     if event_type.startswith("epayments.") and isinstance(payload, dict):
         # Vipps: key payment events on (reference, name, pspReference).
@@ -259,9 +300,12 @@ class WebhookIntake:
             raise WebhookRejected(reason)
         try:
             payload: Any = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json parses
             payload = None
         event_type, reference = classify(payload)
+        unprocessable = unprocessable_reason(event_type, reference, payload)
+        if unprocessable is not None:
+            event_type, reference = "unknown", None
         payload_msn = (
             payload.get("msn") or payload.get("merchantSerialNumber")
             if isinstance(payload, dict)
@@ -272,7 +316,7 @@ class WebhookIntake:
             event_time = _parse_time(payload.get("initiatedAt") or payload.get("timestamp"))
         understood = event_type != "unknown" and payload_msn in (None, msn)
         encrypted = event_type == CHECKED_IN
-        text = body.decode("utf-8", errors="replace")
+        text = storable_text(body)
         values = {
             "dedup_key": dedup_key(msn, event_type, payload, body),
             "msn": msn,
@@ -287,7 +331,9 @@ class WebhookIntake:
             # inbox worker takes over only if that has not happened within the lease.
             "attempts": 1 if understood else 0,
             "next_attempt_at": now + INLINE_LEASE if understood else now + timedelta(days=3650),
-            "last_error": None if understood else "payload not understood (kept for inspection)",
+            "last_error": None
+            if understood
+            else unprocessable or "payload not understood (kept for inspection)",
         }
         # No wake-up for the inbox worker: this replica processes the event itself right after
         # the commit (``_process_soon``); the worker only takes over once the lease has passed.

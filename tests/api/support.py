@@ -76,7 +76,13 @@ async def post_signed_webhook(
     secret: str | None = None,
 ) -> httpx.Response:
     """Deliver ``payload`` the way Vipps does: HMAC over the registered URL's path and host."""
-    body = orjson.dumps(payload)
+    return await post_signed_body(stack, orjson.dumps(payload), msn=msn, secret=secret)
+
+
+async def post_signed_body(
+    stack: Stack, body: bytes, *, msn: str = MSN, secret: str | None = None
+) -> httpx.Response:
+    """Deliver raw ``body`` bytes, correctly signed (bodies no JSON library would write)."""
     headers = sign_webhook(
         secret or await registration_secret(stack, msn),
         path_and_query=f"/webhooks/vipps/{msn}",
