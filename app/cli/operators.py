@@ -34,6 +34,7 @@ from app.service import Services
 from app.service.bootstrap import open_services
 from app.service.drift import DriftReport, DriftService
 from app.service.errors import ServiceError, TillExists
+from app.service.key_rotation import KeyRotation
 from app.service.reports import (
     DEFAULT_TIMEZONE,
     EndOfDayReports,
@@ -722,12 +723,49 @@ def drift(
         raise typer.Exit(1)
 
 
+keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+
+
+@keys_app.command(
+    "rotate",
+    epilog='Example: VIPPS_POS_SECURITY__ENCRYPTION_KEY="$NEW,$OLD" vipps-pos keys rotate',
+)
+def keys_rotate(as_json: bool = JSON_OPTION) -> None:
+    """Move every stored secret and member lookup hash to the first configured encryption key
+    (merging members registered twice across an earlier rotation). Run after putting the new
+    key first; drop the old key once this exits 0. Exit status 1 if some value opens with no
+    configured key."""
+    report = _run(lambda services: KeyRotation(services.ctx).run())
+    data = {
+        "reencrypted": report.reencrypted,
+        "unreadable": report.unreadable,
+        "membersRehashed": report.members_rehashed,
+        "membersMerged": report.members_merged,
+        "clean": report.clean,
+    }
+    if as_json:
+        _print_json(data)
+    else:
+        _table(
+            "Moved to the first encryption key",
+            ["what", "re-encrypted", "unreadable"],
+            [
+                [label, report.reencrypted.get(label, ""), report.unreadable.get(label, 0)]
+                for label in sorted({*report.reencrypted, *report.unreadable})
+            ],
+        )
+        typer.echo(f"members re-hashed: {report.members_rehashed}, merged: {report.members_merged}")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
 def register_operators(cli: typer.Typer) -> None:
     cli.add_typer(tills_app, name="tills")
     cli.add_typer(qr_app, name="qr")
     cli.add_typer(webhooks_app, name="webhooks")
     cli.add_typer(checkouts_app, name="checkouts")
     cli.add_typer(audit_app, name="audit")
+    cli.add_typer(keys_app, name="keys")
     cli.command(
         "report",
         epilog="Example: vipps-pos report --date 2026-11-27 --store oslo-1 --format csv -o eod.csv",
