@@ -62,10 +62,15 @@ class SecretBox:
         return [hmac.new(key, data, hashlib.sha256).hexdigest() for key in self._hash_keys]
 
 
-def new_api_key() -> tuple[str, str, str]:
-    """A fresh till API key: ``(key_id, full_key, stored_hash)``. The full key is shown once."""
+TILL_KEY_PREFIX = "vpk"  # till API keys
+ADMIN_KEY_PREFIX = "vpa"  # named admin keys
+
+
+def new_api_key(prefix: str = TILL_KEY_PREFIX) -> tuple[str, str, str]:
+    """A fresh API key ``<prefix>_<key id>_<secret>``: ``(key_id, full_key, stored_hash)``. The
+    full key is shown once."""
     key_id = secrets.token_hex(8)
-    full_key = f"vpk_{key_id}_{secrets.token_urlsafe(32)}"
+    full_key = f"{prefix}_{key_id}_{secrets.token_urlsafe(32)}"
     return key_id, full_key, hash_api_key(full_key)
 
 
@@ -73,9 +78,10 @@ def hash_api_key(full_key: str) -> str:
     return hashlib.sha256(full_key.encode("utf-8")).hexdigest()
 
 
-def api_key_id(full_key: str) -> str | None:
+def api_key_id(full_key: str, prefix: str = TILL_KEY_PREFIX) -> str | None:
+    """The public id in a key of the given kind, or ``None`` if it is not one."""
     parts = full_key.split("_", 2)
-    if len(parts) != 3 or parts[0] != "vpk":
+    if len(parts) != 3 or parts[0] != prefix or not 0 < len(parts[1]) <= 32:
         return None
     return parts[1]
 

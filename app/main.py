@@ -29,6 +29,7 @@ from app.service import Services
 from app.service.bootstrap import vipps_clients, vipps_http_client
 from app.service.context import ServiceContext
 from app.settings import Environment, Settings
+from app.throttle import Throttle
 from app.workers.inbox import InboxWorker
 from app.workers.outbox import OutboxWorker
 from app.workers.reconciler import Reconciler
@@ -75,7 +76,10 @@ def create_app(
         app.state.club = club
         app.state.settings = settings
         app.state.metrics = metrics
+        throttle = Throttle.from_settings(settings.security)
+        app.state.throttle = throttle
         await hub.start_listening(settings.database.url)
+        await throttle.start(settings.database.url)
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         outbox = OutboxWorker(ctx, services.checkouts, outbox_vipps, club=club)
@@ -117,11 +121,13 @@ def create_app(
             await services.intake.aclose()
             await club.aclose()
             await outbox.aclose()
+            await throttle.stop()
             await hub.stop()
             await http.aclose()
             await engine.dispose()
             log.info("service.stopped")
 
+    public_docs = settings.api_docs == "public"
     app = FastAPI(
         title="vipps-pos",
         version="1.0.0",
@@ -131,6 +137,11 @@ def create_app(
             "`/webhooks/vipps/{msn}`. Errors are RFC 7807 problem+json with a stable `code`."
         ),
         lifespan=lifespan,
+        # Public, or none of them: with "admin", app/api/health.py serves /openapi.json behind an
+        # admin key (the browser pages cannot send one).
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
+        openapi_url="/openapi.json" if public_docs else None,
     )
     install_problem_handlers(app)
 
@@ -140,6 +151,9 @@ def create_app(
     from app.api import admin, club, display, health, pos, reports, webhooks
 
     app.include_router(health.router)
+    app.include_router(health.metrics_router(settings.metrics_access))
+    if settings.api_docs == "admin":
+        app.include_router(health.api_description_router(app))
     app.include_router(display.router)
     app.include_router(webhooks.router)
     app.include_router(pos.router)

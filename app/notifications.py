@@ -8,6 +8,16 @@ so a spurious or duplicate wake-up is harmless and a lost one costs at most the 
 * Across replicas (Postgres only): the committing transaction runs ``pg_notify`` on
   :data:`CHANNEL`; every replica keeps one ``LISTEN`` connection and signals its local waiters.
   On SQLite there is only one process, so the local signal is all there is.
+
+Revocations travel the same way, as a payload of their own (:meth:`ChangeHub.revocation_payload`):
+rotating a till's API key or deactivating the till revokes ``till-key:<key id>``; revoking a
+named admin key revokes ``admin-key:<key id>``. The transaction that makes the change calls
+``Work.revoke(subject)`` (app/service/context.py); after its commit, on every replica,
+:meth:`ChangeHub.revoke` sets that subject's revocation event (streams and long-polls opened with
+the credential hold it and end) and calls every callback registered with
+:meth:`ChangeHub.on_revocation` (credential caches drop the key). A lost ``LISTEN`` connection may
+have missed revocations: after a reconnect the callbacks get :data:`ALL_SUBJECTS` (forget every
+cached credential), and open streams re-check their credential at their next keep-alive.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -22,6 +33,11 @@ import structlog
 from sqlalchemy.engine import make_url
 
 CHANNEL = "vipps_pos_changes"
+# A revocation's payload on CHANNEL: this prefix, then the subject. A change's payload starts with
+# a till id, which never contains "!" (app/service/tills.py TILL_ID).
+REVOCATION_PREFIX = "!revoke "
+# Given to revocation callbacks when revocations may have been missed: forget every credential.
+ALL_SUBJECTS = "*"
 log = structlog.get_logger("app.notifications")
 
 
@@ -40,6 +56,35 @@ def checkout_key(checkout_id: str) -> str:
     return f"checkout:{checkout_id}"
 
 
+def till_key_subject(key_id: str) -> str:
+    """What revoking a till's API key (by rotation or deactivation of the till) revokes."""
+    return f"till-key:{key_id}"
+
+
+def admin_key_subject(key_id: str) -> str:
+    """What revoking a named admin key revokes."""
+    return f"admin-key:{key_id}"
+
+
+async def wait_any(*events: asyncio.Event | None, within: float) -> bool:
+    """Wait until one of ``events`` (``None`` entries are ignored) is set, at most ``within``
+    seconds; ``True`` if one was set."""
+    present = [e for e in events if e is not None]
+    if any(e.is_set() for e in present):
+        return True
+    if len(present) == 1:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(present[0].wait(), within)
+        return present[0].is_set()
+    waiters = [asyncio.ensure_future(e.wait()) for e in present]
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)
+
+
 class ChangeHub:
     def __init__(self) -> None:
         self._events: weakref.WeakValueDictionary[str, asyncio.Event] = (
@@ -48,6 +93,10 @@ class ChangeHub:
         self.outbox_wakeup = asyncio.Event()
         self.inbox_wakeup = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self._revoked: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
+        self._revocation_callbacks: list[Callable[[str], None]] = []
 
     def event_for(self, key: str) -> asyncio.Event:
         """The event the next signal of ``key`` sets. Take it *before* re-reading the database."""
@@ -73,7 +122,52 @@ class ChangeHub:
     def payload(till_id: str, checkout_id: str | None) -> str:
         return f"{till_id} {checkout_id or '-'}"
 
+    # ---- revocations ----------------------------------------------------------------------
+
+    def revocation_event(self, subject: str) -> asyncio.Event:
+        """The event set when ``subject`` is next revoked, on this replica or any other.
+
+        Take it *before* checking the credential against the database and keep a reference
+        while the credential is in use (a stream, a long-poll, a cache entry): then a
+        revocation that commits after the check still reaches the holder. Events are held
+        weakly, so an idle subject costs nothing.
+        """
+        event = self._revoked.get(subject)
+        if event is None:
+            event = asyncio.Event()
+            self._revoked[subject] = event
+        return event
+
+    def on_revocation(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(subject)`` on every revocation heard here, after the revoking
+        transaction committed; ``subject`` is :data:`ALL_SUBJECTS` when revocations may have
+        been missed. Callbacks run in the event loop and must not block or raise."""
+        self._revocation_callbacks.append(callback)
+
+    def revoke(self, *subjects: str) -> None:
+        """Announce on this replica that ``subjects`` are revoked (other replicas hear it from
+        the revoking transaction's NOTIFY): end their streams and long-polls, tell callbacks."""
+        for subject in subjects:
+            event = self._revoked.pop(subject, None)
+            if event is not None:
+                event.set()
+            self._tell_revocation_callbacks(subject)
+
+    def _tell_revocation_callbacks(self, subject: str) -> None:
+        for callback in self._revocation_callbacks:
+            try:
+                callback(subject)
+            except Exception:  # one broken subscriber must not stop the others
+                log.exception("notifications.revocation_callback_failed")
+
+    @staticmethod
+    def revocation_payload(subject: str) -> str:
+        return REVOCATION_PREFIX + subject
+
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith(REVOCATION_PREFIX):
+            self.revoke(payload.removeprefix(REVOCATION_PREFIX))
+            return
         till_id, _, checkout_id = payload.partition(" ")
         self.signal_change(till_id, None if checkout_id in ("", "-") else checkout_id)
 
@@ -110,9 +204,11 @@ class ChangeHub:
                 if connection is not None and not connection.is_closed():
                     with contextlib.suppress(Exception):
                         await connection.close(timeout=2)
-            # Missed notifications while disconnected: wake everyone so they re-read.
+            # Missed notifications while disconnected: wake everyone so they re-read, and let
+            # credential caches forget (streams re-check their credential at a keep-alive).
             for key in list(self._events.keys()):
                 self.signal(key)
+            self._tell_revocation_callbacks(ALL_SUBJECTS)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
-from app.api.deps import AdminDep, PrincipalDep, ServicesDep, TillScope
+from app.api.deps import ListDep, OperatorDep, ServicesDep, TillQr, TillRead
 from app.api.schemas import (
     CheckoutOut,
     EnsureOut,
@@ -26,8 +26,12 @@ from app.errors import PROBLEM_JSON
 InboxStatus = Literal["PENDING", "PROCESSED", "UNMATCHED", "FAILED"]  # models.InboxEvent.status
 router = APIRouter(prefix="/api/v1", tags=["operators"])
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"content": {PROBLEM_JSON: {}}, "description": "Missing or unknown credential."},
-    403: {"content": {PROBLEM_JSON: {}}, "description": "Operator credential required."},
+    401: {"content": {PROBLEM_JSON: {}}, "description": "Missing, unknown or revoked credential."},
+    403: {
+        "content": {PROBLEM_JSON: {}},
+        "description": "An admin key with the right role is required (`forbidden`).",
+    },
+    429: {"content": {PROBLEM_JSON: {}}, "description": "Too many requests (`rate_limited`)."},
     404: {"content": {PROBLEM_JSON: {}}, "description": "Not found."},
     409: {"content": {PROBLEM_JSON: {}}, "description": "Conflict (e.g. `till_exists`)."},
 }
@@ -41,7 +45,7 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
     summary="Register a till: creates its merchant callback QR at Vipps; returns its API key once",
 )
 async def register_till(
-    body: RegisterTillRequest, services: ServicesDep, admin: AdminDep
+    body: RegisterTillRequest, services: ServicesDep, admin: OperatorDep
 ) -> NewTillOut:
     new = await services.tills.register(
         body.till_id,
@@ -56,7 +60,7 @@ async def register_till(
 @router.get("/tills", response_model=list[TillOut], responses=_PROBLEMS, summary="List tills")
 async def list_tills(
     services: ServicesDep,
-    _: AdminDep,
+    _: OperatorDep,
     store_id: Annotated[str | None, Query(alias="storeId")] = None,
     status: Literal["ACTIVE", "INACTIVE"] | None = None,
 ) -> list[TillOut]:
@@ -64,7 +68,7 @@ async def list_tills(
 
 
 @router.get("/tills/{till_id}", response_model=TillOut, responses=_PROBLEMS, summary="One till")
-async def get_till(till_id: TillScope, services: ServicesDep) -> TillOut:
+async def get_till(till_id: TillRead, services: ServicesDep) -> TillOut:
     return TillOut.of(await services.tills.get(till_id))
 
 
@@ -72,7 +76,7 @@ async def get_till(till_id: TillScope, services: ServicesDep) -> TillOut:
     "/tills/{till_id}", response_model=TillOut, responses=_PROBLEMS, summary="Update a till"
 )
 async def update_till(
-    till_id: str, body: UpdateTillRequest, services: ServicesDep, admin: AdminDep
+    till_id: str, body: UpdateTillRequest, services: ServicesDep, admin: OperatorDep
 ) -> TillOut:
     till = await services.tills.update(
         till_id, location_description=body.location_description, actor=admin.actor
@@ -86,7 +90,7 @@ async def update_till(
     responses=_PROBLEMS,
     summary="Deactivate a till and delete its QR at Vipps",
 )
-async def deactivate_till(till_id: str, services: ServicesDep, admin: AdminDep) -> TillOut:
+async def deactivate_till(till_id: str, services: ServicesDep, admin: OperatorDep) -> TillOut:
     return TillOut.of(await services.tills.deactivate(till_id, actor=admin.actor))
 
 
@@ -96,7 +100,7 @@ async def deactivate_till(till_id: str, services: ServicesDep, admin: AdminDep) 
     responses=_PROBLEMS,
     summary="Issue a new API key for the till; the old one stops working at once",
 )
-async def rotate_till_key(till_id: str, services: ServicesDep, admin: AdminDep) -> NewTillOut:
+async def rotate_till_key(till_id: str, services: ServicesDep, admin: OperatorDep) -> NewTillOut:
     new = await services.tills.rotate_api_key(till_id, actor=admin.actor)
     return NewTillOut(**TillOut.of(new.till).model_dump(), api_key=new.api_key)
 
@@ -110,14 +114,15 @@ async def rotate_till_key(till_id: str, services: ServicesDep, admin: AdminDep) 
     summary="The till's QR image, ready to print or show (SVG or PNG)",
 )
 async def till_qr(
-    till_id: TillScope,
+    till_id: TillQr,
     services: ServicesDep,
     format: Literal["svg", "png"] = "svg",
     scale: Annotated[int, Query(ge=1, le=40)] = 10,
 ) -> Response:
     image = await services.tills.qr_image(till_id, format, scale=scale)
     media = "image/svg+xml" if format == "svg" else "image/png"
-    return Response(image, media_type=media, headers={"Cache-Control": "max-age=300"})
+    # Private: the image is behind a key, so shared caches must not keep it.
+    return Response(image, media_type=media, headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.put(
@@ -127,7 +132,7 @@ async def till_qr(
     summary="Create or update a store and its customer-club policy",
 )
 async def put_store(
-    store_id: str, body: StoreRequest, services: ServicesDep, admin: AdminDep
+    store_id: str, body: StoreRequest, services: ServicesDep, admin: OperatorDep
 ) -> StoreOut:
     store = await services.tills.upsert_store(
         store_id,
@@ -141,7 +146,7 @@ async def put_store(
 
 
 @router.get("/stores/{store_id}", response_model=StoreOut, responses=_PROBLEMS)
-async def get_store(store_id: str, services: ServicesDep, _: AdminDep) -> StoreOut:
+async def get_store(store_id: str, services: ServicesDep, _: OperatorDep) -> StoreOut:
     return StoreOut.of(await services.tills.get_store(store_id))
 
 
@@ -152,7 +157,7 @@ async def get_store(store_id: str, services: ServicesDep, _: AdminDep) -> StoreO
     summary="Make sure the MSN has exactly one registration with every event we use",
 )
 async def ensure_webhook(
-    msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")], services: ServicesDep, admin: AdminDep
+    msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")], services: ServicesDep, admin: OperatorDep
 ) -> EnsureOut:
     report = await services.webhooks.ensure(msn, actor=admin.actor)
     return EnsureOut(
@@ -170,7 +175,7 @@ async def ensure_webhook(
     responses=_PROBLEMS,
     summary="Our webhook registrations (secrets are never shown)",
 )
-async def list_webhooks(services: ServicesDep, _: AdminDep) -> list[WebhookRegistrationOut]:
+async def list_webhooks(services: ServicesDep, _: OperatorDep) -> list[WebhookRegistrationOut]:
     return [WebhookRegistrationOut.of(r) for r in await services.webhooks.list()]
 
 
@@ -182,7 +187,7 @@ async def list_webhooks(services: ServicesDep, _: AdminDep) -> list[WebhookRegis
 )
 async def list_checkouts(
     services: ServicesDep,
-    _: AdminDep,
+    _: ListDep,
     till_id: Annotated[str | None, Query(alias="tillId")] = None,
     # Only known states: a free string reached Postgres, and one with a NUL byte was a 500
     # (found by schemathesis).
@@ -209,9 +214,7 @@ async def list_checkouts(
     responses=_PROBLEMS,
     summary="Ask Vipps now and repair the checkout's state",
 )
-async def resync_checkout(
-    checkout_id: str, services: ServicesDep, principal: PrincipalDep, _: AdminDep
-) -> CheckoutOut:
+async def resync_checkout(checkout_id: str, services: ServicesDep, _: OperatorDep) -> CheckoutOut:
     return CheckoutOut.of(await services.checkouts.resync(checkout_id))
 
 
@@ -223,7 +226,7 @@ async def resync_checkout(
 )
 async def list_inbox(
     services: ServicesDep,
-    _: AdminDep,
+    _: OperatorDep,
     # Only known statuses: a free string with a NUL byte was a 500 (found by schemathesis).
     status: Annotated[list[InboxStatus] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

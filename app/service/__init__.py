@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.service.admin_keys import AdminKeyService
 from app.service.checkouts import CheckoutService
 from app.service.context import ServiceContext
 from app.service.intake import WebhookIntake
@@ -18,6 +19,7 @@ class Services:
     tills: TillService
     intake: WebhookIntake
     webhooks: WebhookService
+    admin_keys: AdminKeyService
 
     @classmethod
     def build(cls, ctx: ServiceContext) -> Services:
@@ -29,4 +31,5 @@ class Services:
             tills=TillService(ctx),
             intake=intake,
             webhooks=WebhookService(ctx, intake),
+            admin_keys=AdminKeyService(ctx),
         )

@@ -40,7 +40,7 @@ from app.domain.state_machine import (
     decide,
 )
 from app.models import Checkout, CheckoutChange, IdempotentRequest, OutboxCommand, Till
-from app.notifications import checkout_key, till_key
+from app.notifications import checkout_key, till_key, wait_any
 from app.service.audit import append_audit
 from app.service.context import ServiceContext, Work, unit_of_work
 from app.service.crashpoints import crash_point
@@ -530,10 +530,17 @@ class CheckoutService:
         return checkout
 
     async def wait_for_change(
-        self, till_id: str | None, checkout_id: str, *, after_version: int | None, wait: float
+        self,
+        till_id: str | None,
+        checkout_id: str,
+        *,
+        after_version: int | None,
+        wait: float,
+        stop: asyncio.Event | None = None,
     ) -> Checkout:
         """Long-poll: return once the checkout's version differs from ``after_version`` (or the
-        version seen on arrival), or when ``wait`` seconds have passed."""
+        version seen on arrival), when ``wait`` seconds have passed, or at once when ``stop``
+        is set (the caller's credential was revoked: it re-checks before answering)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(wait, self.ctx.settings.checkout.max_wait_seconds)
         event = self.ctx.hub.event_for(checkout_key(checkout_id))
@@ -541,11 +548,9 @@ class CheckoutService:
         baseline = after_version if after_version is not None else checkout.version
         while checkout.version == baseline:
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not await wait_any(event, stop, within=remaining):
                 break
-            try:
-                await asyncio.wait_for(event.wait(), timeout=remaining)
-            except TimeoutError:
+            if stop is not None and stop.is_set():
                 break
             event = self.ctx.hub.event_for(checkout_key(checkout_id))
             checkout = await self.get(till_id, checkout_id)
@@ -753,9 +758,16 @@ class CheckoutService:
             return await repo.queue_stats(session, self.ctx.clock())
 
     async def till_feed(
-        self, till_id: str, *, after: int | None, keepalive: float = 15.0
+        self,
+        till_id: str,
+        *,
+        after: int | None,
+        keepalive: float = 15.0,
+        stop: asyncio.Event | None = None,
     ) -> AsyncIterator[FeedItem | None]:
-        """The till's changes, oldest first, forever; ``None`` is a keep-alive tick.
+        """The till's changes, oldest first, until ``stop`` is set (the credential the stream
+        was opened with was revoked; nothing is yielded after that); ``None`` is a keep-alive
+        tick.
 
         Without ``after`` it starts with a ``snapshot`` of the active checkout. With it (the
         SSE ``Last-Event-ID``), it replays every change after that id first: nothing is lost
@@ -767,6 +779,8 @@ class CheckoutService:
                 active = await repo.active_checkout(session, till_id)
             yield FeedItem(after, "snapshot", active.id if active else None, {}, active)
         while True:
+            if stop is not None and stop.is_set():
+                return
             event = self.ctx.hub.event_for(till_key(till_id))
             async with self.ctx.sessions() as session:
                 rows = await repo.changes_after(session, till_id, after)
@@ -779,14 +793,16 @@ class CheckoutService:
                     )
                     items.append(FeedItem(row.id, row.kind, row.checkout_id, row.data, checkout))
             for item in items:
+                if stop is not None and stop.is_set():
+                    return
                 after = item.change_id
                 yield item
             if items:
                 continue
-            try:
-                await asyncio.wait_for(event.wait(), timeout=keepalive)
-            except TimeoutError:
+            if not await wait_any(event, stop, within=keepalive):
                 yield None
+            elif stop is not None and stop.is_set():
+                return
 
 
 @dataclass(frozen=True)

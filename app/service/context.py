@@ -53,6 +53,8 @@ class Work:
     inbox_added: bool = False
     # Commands claimed in this transaction (IN_FLIGHT, leased) for ``ServiceContext.dispatch_soon``.
     dispatch_now: list[OutboxCommand] = field(default_factory=list)
+    # Credentials this transaction revokes (app/notifications.py, revocations).
+    revoked: set[str] = field(default_factory=set)
 
     async def announce(self, till_id: str, checkout_id: str | None) -> None:
         """Mark a visible change; on Postgres other replicas hear of it when this commits."""
@@ -62,6 +64,17 @@ class Work:
         if self.is_postgres:
             await self.session.execute(
                 select(func.pg_notify(CHANNEL, ChangeHub.payload(till_id, checkout_id)))
+            )
+
+    async def revoke(self, subject: str) -> None:
+        """Revoke a credential (``till_key_subject``/``admin_key_subject``) when this commits:
+        on Postgres every replica hears it through the same NOTIFY channel as changes."""
+        if subject in self.revoked:
+            return
+        self.revoked.add(subject)
+        if self.is_postgres:
+            await self.session.execute(
+                select(func.pg_notify(CHANNEL, ChangeHub.revocation_payload(subject)))
             )
 
 
@@ -74,6 +87,8 @@ async def unit_of_work(ctx: ServiceContext) -> AsyncIterator[Work]:
             yield work
         for till_id, checkout_id in work.changed:
             ctx.hub.signal_change(till_id, checkout_id)
+        if work.revoked:
+            ctx.hub.revoke(*work.revoked)
         if work.dispatch_now and ctx.dispatch_soon is not None:
             ctx.dispatch_soon(work.dispatch_now)
         if work.outbox_added:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from app import repository as repo
 from app.crypto import new_api_key
 from app.models import Store, Till
+from app.notifications import till_key_subject
 from app.service.audit import append_audit
 from app.service.context import ServiceContext, unit_of_work
 from app.service.errors import (
@@ -225,6 +226,8 @@ class TillService:
                 raise TillNotFound(till_id)
             till.status = "INACTIVE"
             till.updated_at = self.ctx.clock()
+            # Its key may now only read and cancel (docs/integration.md): end what it holds open.
+            await work.revoke(till_key_subject(till.api_key_id))
             await append_audit(
                 work.session,
                 at=self.ctx.clock(),
@@ -246,6 +249,8 @@ class TillService:
             till = await repo.lock_till(work.session, till_id)
             if till is None:
                 raise TillNotFound(till_id)
+            # The old key stops working at once, on every replica (streams and long-polls too).
+            await work.revoke(till_key_subject(till.api_key_id))
             till.api_key_id, till.api_key_hash = key_id, key_hash
             till.updated_at = self.ctx.clock()
             await append_audit(

@@ -189,6 +189,9 @@ class SseEvent:
 class SseStream:
     events: asyncio.Queue[SseEvent] = field(default_factory=asyncio.Queue)
     status: int | None = None
+    # Set when the server ended the response (the stream closed from its side).
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    comments: list[str] = field(default_factory=list)  # e.g. "keep-alive"
     _buffer: str = ""
 
     def feed(self, chunk: bytes) -> None:
@@ -197,6 +200,8 @@ class SseStream:
             block, self._buffer = self._buffer.split("\n\n", 1)
             fields: dict[str, str] = {}
             for line in block.split("\n"):
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
                 if not line or line.startswith(":"):
                     continue
                 name, _, value = line.partition(":")
@@ -248,6 +253,8 @@ async def sse(
             started.set()
         elif message["type"] == "http.response.body":
             stream.feed(message.get("body", b""))
+            if not message.get("more_body", False):
+                stream.ended.set()
 
     raw_headers = [(b"host", WEBHOOK_HOST.encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
