@@ -35,6 +35,7 @@ def register_core(cli: typer.Typer) -> None:
         from app.main import create_app
         from app.migrations import upgrade
         from app.observability.logging import configure_logging
+        from app.server import uvicorn_config
 
         settings = _settings()
         json_logs = (
@@ -45,14 +46,8 @@ def register_core(cli: typer.Typer) -> None:
         configure_logging(settings.logging.level, json_logs)
         if migrate:
             upgrade(settings.database.url)
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_config=None,
-            proxy_headers=True,
-            timeout_graceful_shutdown=10,
-        )
+        config = uvicorn_config(create_app(settings), settings.server, host=host, port=port)
+        uvicorn.Server(config).run()
 
     @cli.command()
     def migrate(revision: str = typer.Argument("head", help="Target revision.")) -> None:
