@@ -38,8 +38,13 @@ def service_settings(database_url: str, **overrides: Any) -> Settings:
             "default_msn": "123456",
         },
         "webhooks": {"public_url": f"{SERVICE_URL}/webhooks/vipps"},
-        # Tests make many deliberate 401s from one address; tests of the backoff lower this.
-        "security": {"admin_api_key": ADMIN_KEY, "auth_failures_per_source": 10_000},
+        # Tests make many deliberate 401s from one address and poll with the admin key far
+        # faster than an operator; the throttling tests set their own limits.
+        "security": {
+            "admin_api_key": ADMIN_KEY,
+            "auth_failures_per_source": 10_000,
+            "admin_rate_limit_per_minute": 100_000,
+        },
         "workers": {
             "outbox_poll_interval_seconds": 0.05,
             "reconcile_interval_seconds": 0.2,
