@@ -228,11 +228,11 @@ class Throttle:
         """Share counts with the other replicas (Postgres only); the first sync happens before
         this returns, so a fresh replica starts out knowing the cluster's counts."""
         url = make_url(database_url)
-        if url.get_backend_name() != "postgresql":
-            return
-        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
-            await self.sync_once()
+        if url.get_backend_name() == "postgresql":
+            self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+                await self.sync_once()
+        # Elsewhere the task only forgets idle keys.
         self._task = asyncio.create_task(self._run(), name="throttle-sync")
 
     async def stop(self) -> None:
@@ -261,8 +261,10 @@ class Throttle:
                 delay = min(max(delay * 2, self.sync_seconds), 10.0)
 
     async def sync_once(self) -> None:
-        """Send this replica's new counts and read the other replicas' totals (one statement)."""
+        """Send this replica's new counts and read the other replicas' totals (one statement);
+        without a shared store, just forget idle keys."""
         if self._dsn is None:
+            self._apply([], self._clock())
             return
         async with self._sync_lock:
             now = self._clock()
