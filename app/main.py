@@ -32,6 +32,7 @@ from app.service.bootstrap import vipps_clients, vipps_http_client
 from app.service.context import ServiceContext
 from app.service.keys import VippsKeys
 from app.settings import Environment, Settings
+from app.throttle import Throttle
 from app.workers.inbox import InboxWorker
 from app.workers.outbox import OutboxWorker
 from app.workers.reconciler import Reconciler
@@ -86,7 +87,10 @@ def create_app(
         app.state.club = club
         app.state.settings = settings
         app.state.metrics = metrics
+        throttle = Throttle.from_settings(settings.security)
+        app.state.throttle = throttle
         await hub.start_listening(settings.database.url)
+        await throttle.start(settings.database.url)
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         outbox = OutboxWorker(ctx, services.checkouts, outbox_vipps, club=club)
@@ -128,12 +132,14 @@ def create_app(
             await services.intake.aclose()
             await club.aclose()
             await outbox.aclose()
+            await throttle.stop()
             await hub.stop()
             await store.close()
             await http.aclose()
             await engine.dispose()
             log.info("service.stopped")
 
+    public_docs = settings.api_docs == "public"
     app = FastAPI(
         title="vipps-pos",
         version=package_version(),
@@ -143,12 +149,16 @@ def create_app(
             "`/webhooks/vipps/{msn}`. Errors are RFC 7807 problem+json with a stable `code`."
         ),
         lifespan=lifespan,
-        docs_url=None,  # served by install_openapi from the package's files, not a CDN
+        # Swagger UI is served by install_openapi from the package's files (no CDN), and only
+        # when the docs are public: with "admin", app/api/health.py serves /openapi.json behind
+        # an admin key (the browser pages cannot send one).
+        docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if public_docs else None,
         generate_unique_id_function=operation_id,
     )
     install_problem_handlers(app)
-    install_openapi(app)
+    install_openapi(app, serve_docs=public_docs)
 
     # Request id, audit endpoint name and HTTP metrics (a plain ASGI middleware: see its module).
     app.add_middleware(CorrelationMiddleware)
@@ -156,6 +166,9 @@ def create_app(
     from app.api import admin, club, display, health, pos, reports, webhooks
 
     app.include_router(health.router)
+    app.include_router(health.metrics_router(settings.metrics_access))
+    if settings.api_docs == "admin":
+        app.include_router(health.api_description_router(app))
     app.include_router(display.router)
     app.include_router(webhooks.router)
     app.include_router(pos.router)

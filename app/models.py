@@ -21,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -374,3 +375,45 @@ class VippsKeySet(Base):
     fingerprint: Mapped[str] = mapped_column(String(12))
     created_at: Mapped[datetime] = _ts()
     rotated_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class AdminKey(Base):
+    """A named operator credential with its roles (``vipps-pos admin-keys create``).
+
+    Stored as the SHA-256 of the key (the key is 256 random bits, shown once), like till keys.
+    A revoked key keeps its row (the audit trail names it); only active keys' names are unique.
+    """
+
+    __tablename__ = "admin_keys"
+    __table_args__ = (
+        Index(
+            "ix_admin_keys_active_name",
+            "name",
+            unique=True,
+            postgresql_where=text("revoked_at IS NULL"),
+            sqlite_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the key's public id
+    name: Mapped[str] = mapped_column(String(40))
+    roles: Mapped[str] = mapped_column(String(64))  # comma separated: operator,money,monitor
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _ts()
+    revoked_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class ThrottleHit(Base):
+    """How replicas share rate limits and failure counts (app/throttle.py): the requests (or
+    failures) one replica counted for one key in one time slot. Each replica adds its counts and
+    reads everyone else's in one statement per sync interval, and deletes slots older than the
+    longest window. Unlogged on Postgres: losing it in a crash only forgets recent counts."""
+
+    __tablename__ = "throttle_hits"
+    __table_args__ = (Index("ix_throttle_hits_slot", "slot"),)
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    replica: Mapped[str] = mapped_column(String(36), primary_key=True)
+    hits: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[float] = mapped_column(Float)  # unix time of the newest hit

@@ -14,6 +14,16 @@ so a spurious or duplicate wake-up is harmless and a lost one costs at most the 
   a long-poll that wakes up returns without reading the database. A version learnt from another
   replica carries no checkout: the waiter reads it once. After the ``LISTEN`` connection was lost
   everything known is forgotten (notifications may have been missed) and every waiter re-reads.
+
+Revocations travel the same way, as a payload of their own (:meth:`ChangeHub.revocation_payload`):
+rotating a till's API key or deactivating the till revokes ``till-key:<key id>``; revoking a
+named admin key revokes ``admin-key:<key id>``. The transaction that makes the change calls
+``Work.revoke(subject)`` (app/service/context.py); after its commit, on every replica,
+:meth:`ChangeHub.revoke` sets that subject's revocation event (streams and long-polls opened with
+the credential hold it and end) and calls every callback registered with
+:meth:`ChangeHub.on_revocation` (credential caches drop the key). A lost ``LISTEN`` connection may
+have missed revocations: after a reconnect the callbacks get :data:`ALL_SUBJECTS` (forget every
+cached credential), and open streams re-check their credential at their next keep-alive.
 """
 
 from __future__ import annotations
@@ -35,8 +45,11 @@ if TYPE_CHECKING:
     from app.persistence.records import CheckoutRecord, PendingCommand
 
 CHANNEL = "vipps_pos_changes"
-# A notification that a till's credentials were revoked (key rotated, till deactivated).
-_REVOKED = "!revoked"
+# A revocation's payload on CHANNEL: this prefix, then the subject. A change's payload starts with
+# a till id, which never contains "!" (app/service/tills.py TILL_ID).
+REVOCATION_PREFIX = "!revoke "
+# Given to revocation callbacks when revocations may have been missed: forget every credential.
+ALL_SUBJECTS = "*"
 # Checkouts whose newest committed version is remembered (most recently changed first out).
 LATEST_KEPT = 4096
 log = structlog.get_logger("app.notifications")
@@ -66,6 +79,35 @@ def checkout_key(checkout_id: str) -> str:
     return f"checkout:{checkout_id}"
 
 
+def till_key_subject(key_id: str) -> str:
+    """What revoking a till's API key (by rotation or deactivation of the till) revokes."""
+    return f"till-key:{key_id}"
+
+
+def admin_key_subject(key_id: str) -> str:
+    """What revoking a named admin key revokes."""
+    return f"admin-key:{key_id}"
+
+
+async def wait_any(*events: asyncio.Event | None, within: float) -> bool:
+    """Wait until one of ``events`` (``None`` entries are ignored) is set, at most ``within``
+    seconds; ``True`` if one was set."""
+    present = [e for e in events if e is not None]
+    if any(e.is_set() for e in present):
+        return True
+    if len(present) == 1:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(present[0].wait(), within)
+        return present[0].is_set()
+    waiters = [asyncio.ensure_future(e.wait()) for e in present]
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)
+
+
 class ChangeHub:
     def __init__(self) -> None:
         self._events: weakref.WeakValueDictionary[str, asyncio.Event] = (
@@ -78,9 +120,10 @@ class ChangeHub:
         # Names this process in its notifications: it hears its own back over LISTEN, possibly
         # before its own save has returned; the local publish already told its waiters more.
         self.origin = secrets.token_hex(4)
-        # Called with a till id when its credentials are revoked (here or on another replica),
-        # with ``None`` when revocations may have been missed (every cached credential goes).
-        self.on_revoked: list[Callable[[str | None], None]] = []
+        self._revoked: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
+        self._revocation_callbacks: list[Callable[[str], None]] = []
 
     def event_for(self, key: str) -> asyncio.Event:
         """The event the next signal of ``key`` sets. Take it *before* re-reading the database."""
@@ -129,18 +172,12 @@ class ChangeHub:
         return self._latest.get(checkout_id)
 
     def forget_all(self) -> None:
-        """Notifications may have been missed: forget what is known and wake every waiter."""
+        """Notifications may have been missed: forget what is known, let credential caches
+        forget too, and wake every waiter."""
         self._latest.clear()
-        for callback in self.on_revoked:
-            callback(None)
+        self._tell_revocation_callbacks(ALL_SUBJECTS)
         for key in list(self._events.keys()):
             self.signal(key)
-
-    def revoked(self, till_id: str) -> None:
-        """The till's credentials changed: drop what was cached for them, wake its streams."""
-        for callback in self.on_revoked:
-            callback(till_id)
-        self.signal(till_key(till_id))
 
     @staticmethod
     def payload(
@@ -149,15 +186,53 @@ class ChangeHub:
         """``"<till> <checkout|-> <version|-> <origin>"``: what a change tells other replicas."""
         return f"{till_id} {checkout_id or '-'} {version if version is not None else '-'} {origin}"
 
+    # ---- revocations ----------------------------------------------------------------------
+
+    def revocation_event(self, subject: str) -> asyncio.Event:
+        """The event set when ``subject`` is next revoked, on this replica or any other.
+
+        Take it *before* checking the credential against the database and keep a reference
+        while the credential is in use (a stream, a long-poll, a cache entry): then a
+        revocation that commits after the check still reaches the holder. Events are held
+        weakly, so an idle subject costs nothing.
+        """
+        event = self._revoked.get(subject)
+        if event is None:
+            event = asyncio.Event()
+            self._revoked[subject] = event
+        return event
+
+    def on_revocation(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(subject)`` on every revocation heard here, after the revoking
+        transaction committed; ``subject`` is :data:`ALL_SUBJECTS` when revocations may have
+        been missed. Callbacks run in the event loop and must not block or raise."""
+        self._revocation_callbacks.append(callback)
+
+    def revoke(self, *subjects: str) -> None:
+        """Announce on this replica that ``subjects`` are revoked (other replicas hear it from
+        the revoking transaction's NOTIFY): end their streams and long-polls, tell callbacks."""
+        for subject in subjects:
+            event = self._revoked.pop(subject, None)
+            if event is not None:
+                event.set()
+            self._tell_revocation_callbacks(subject)
+
+    def _tell_revocation_callbacks(self, subject: str) -> None:
+        for callback in self._revocation_callbacks:
+            try:
+                callback(subject)
+            except Exception:  # one broken subscriber must not stop the others
+                log.exception("notifications.revocation_callback_failed")
+
     @staticmethod
-    def revocation_payload(till_id: str) -> str:
-        return f"{_REVOKED} {till_id}"
+    def revocation_payload(subject: str) -> str:
+        return REVOCATION_PREFIX + subject
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        parts = payload.split(" ")
-        if parts[0] == _REVOKED and len(parts) == 2:
-            self.revoked(parts[1])
+        if payload.startswith(REVOCATION_PREFIX):
+            self.revoke(payload.removeprefix(REVOCATION_PREFIX))
             return
+        parts = payload.split(" ")
         if len(parts) > 3 and parts[3] == self.origin:
             return  # our own change: published here when it was saved
         till_id = parts[0]
@@ -198,7 +273,8 @@ class ChangeHub:
                 if connection is not None and not connection.is_closed():
                     with contextlib.suppress(Exception):
                         await connection.close(timeout=2)
-            # Missed notifications while disconnected: wake everyone so they re-read.
+            # Missed notifications while disconnected: wake everyone so they re-read, and let
+            # credential caches forget (streams re-check their credential at a keep-alive).
             self.forget_all()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
-from app.api.deps import AdminDep, PrincipalDep, ServicesDep, TillScope
+from app.api.deps import ListDep, OperatorDep, ServicesDep, TillQr, TillRead
 from app.api.routing import OPERATOR_PROBLEMS, VIPPS_PROBLEMS, TextCheckedRoute, problems
 from app.api.schemas import (
     CheckoutOut,
@@ -30,9 +30,14 @@ from app.errors import ApiProblem
 from app.service.qr_sheet import render_pdf, render_svg, store_labels
 
 router = APIRouter(prefix="/api/v1", tags=["operators"], route_class=TextCheckedRoute)
-_OPERATOR = OPERATOR_PROBLEMS
+_OPERATOR = {
+    **OPERATOR_PROBLEMS,
+    403: "An admin key with the right role is required (`forbidden`).",
+    429: "Too many requests with this key, or failed attempts from this address "
+    "(`rate_limited`); wait `Retry-After` seconds.",
+}
 _TILL = {**_OPERATOR, 404: "No such till (`till_not_found`)."}
-_VIPPS = VIPPS_PROBLEMS
+_VIPPS = {**_OPERATOR, **VIPPS_PROBLEMS}
 
 
 @router.post(
@@ -43,7 +48,7 @@ _VIPPS = VIPPS_PROBLEMS
     summary="Register a till: creates its merchant callback QR at Vipps; returns its API key once",
 )
 async def register_till(
-    body: RegisterTillRequest, services: ServicesDep, admin: AdminDep
+    body: RegisterTillRequest, services: ServicesDep, admin: OperatorDep
 ) -> NewTillOut:
     new = await services.tills.register(
         body.till_id,
@@ -60,7 +65,7 @@ async def register_till(
 )
 async def list_tills(
     services: ServicesDep,
-    _: AdminDep,
+    _: OperatorDep,
     store_id: Annotated[str | None, Query(alias="storeId")] = None,
     status: Literal["ACTIVE", "INACTIVE"] | None = None,
 ) -> list[TillOut]:
@@ -75,7 +80,7 @@ async def list_tills(
     ),
     summary="One till",
 )
-async def get_till(till_id: TillScope, services: ServicesDep) -> TillOut:
+async def get_till(till_id: TillRead, services: ServicesDep) -> TillOut:
     return TillOut.of(await services.tills.get(till_id))
 
 
@@ -83,7 +88,7 @@ async def get_till(till_id: TillScope, services: ServicesDep) -> TillOut:
     "/tills/{till_id}", response_model=TillOut, responses=problems(_TILL), summary="Update a till"
 )
 async def update_till(
-    till_id: str, body: UpdateTillRequest, services: ServicesDep, admin: AdminDep
+    till_id: str, body: UpdateTillRequest, services: ServicesDep, admin: OperatorDep
 ) -> TillOut:
     till = await services.tills.update(
         till_id, location_description=body.location_description, actor=admin.actor
@@ -97,7 +102,7 @@ async def update_till(
     responses=problems(_TILL),
     summary="Deactivate a till and delete its QR at Vipps",
 )
-async def deactivate_till(till_id: str, services: ServicesDep, admin: AdminDep) -> TillOut:
+async def deactivate_till(till_id: str, services: ServicesDep, admin: OperatorDep) -> TillOut:
     return TillOut.of(await services.tills.deactivate(till_id, actor=admin.actor))
 
 
@@ -107,7 +112,7 @@ async def deactivate_till(till_id: str, services: ServicesDep, admin: AdminDep) 
     responses=problems(_TILL),
     summary="Issue a new API key for the till; the old one stops working at once",
 )
-async def rotate_till_key(till_id: str, services: ServicesDep, admin: AdminDep) -> NewTillOut:
+async def rotate_till_key(till_id: str, services: ServicesDep, admin: OperatorDep) -> NewTillOut:
     new = await services.tills.rotate_api_key(till_id, actor=admin.actor)
     return NewTillOut(**TillOut.of(new.till).model_dump(), api_key=new.api_key)
 
@@ -129,14 +134,15 @@ async def rotate_till_key(till_id: str, services: ServicesDep, admin: AdminDep) 
     summary="The till's QR image, ready to print or show (SVG or PNG)",
 )
 async def till_qr(
-    till_id: TillScope,
+    till_id: TillQr,
     services: ServicesDep,
     format: Literal["svg", "png"] = "svg",
     scale: Annotated[int, Query(ge=1, le=40)] = 10,
 ) -> Response:
     image = await services.tills.qr_image(till_id, format, scale=scale)
     media = "image/svg+xml" if format == "svg" else "image/png"
-    return Response(image, media_type=media, headers={"Cache-Control": "max-age=300"})
+    # Private: the image is behind a key, so shared caches must not keep it.
+    return Response(image, media_type=media, headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get(
@@ -160,7 +166,7 @@ async def till_qr(
 async def store_qr_sheet(
     store_id: str,
     services: ServicesDep,
-    _: AdminDep,
+    _: OperatorDep,
     format: Literal["pdf", "svg"] = "pdf",
 ) -> Response:
     sheet = await store_labels(services.tills, store_id)
@@ -194,7 +200,7 @@ async def store_qr_sheet(
     summary="Create or update a store and its customer-club policy",
 )
 async def put_store(
-    store_id: str, body: StoreRequest, services: ServicesDep, admin: AdminDep
+    store_id: str, body: StoreRequest, services: ServicesDep, admin: OperatorDep
 ) -> StoreOut:
     store = await services.tills.upsert_store(
         store_id,
@@ -213,7 +219,7 @@ async def put_store(
     response_model=StoreOut,
     responses=problems({**_OPERATOR, 404: "No such store (`store_not_found`)."}),
 )
-async def get_store(store_id: str, services: ServicesDep, _: AdminDep) -> StoreOut:
+async def get_store(store_id: str, services: ServicesDep, _: OperatorDep) -> StoreOut:
     return StoreOut.of(await services.tills.get_store(store_id))
 
 
@@ -231,7 +237,7 @@ async def get_store(store_id: str, services: ServicesDep, _: AdminDep) -> StoreO
     summary="Make sure the MSN has exactly one registration with every event we use",
 )
 async def ensure_webhook(
-    msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")], services: ServicesDep, admin: AdminDep
+    msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")], services: ServicesDep, admin: OperatorDep
 ) -> EnsureOut:
     report = await services.webhooks.ensure(msn, actor=admin.actor)
     return EnsureOut(
@@ -249,7 +255,7 @@ async def ensure_webhook(
     responses=problems(_OPERATOR),
     summary="Our webhook registrations (secrets are never shown)",
 )
-async def list_webhooks(services: ServicesDep, _: AdminDep) -> list[WebhookRegistrationOut]:
+async def list_webhooks(services: ServicesDep, _: OperatorDep) -> list[WebhookRegistrationOut]:
     return [WebhookRegistrationOut.of(r) for r in await services.webhooks.list()]
 
 
@@ -259,7 +265,7 @@ async def list_webhooks(services: ServicesDep, _: AdminDep) -> list[WebhookRegis
     responses=problems(_OPERATOR),
     summary="The Vipps API keys we hold: configured or partner keys, and each sales unit's own",
 )
-async def list_vipps_keys(services: ServicesDep, _: AdminDep) -> list[VippsKeySetOut]:
+async def list_vipps_keys(services: ServicesDep, _: OperatorDep) -> list[VippsKeySetOut]:
     return [VippsKeySetOut(**vars(info)) for info in await services.keys.list()]
 
 
@@ -281,7 +287,7 @@ async def put_vipps_keys(
     msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")],
     body: VippsKeysRequest,
     services: ServicesDep,
-    admin: AdminDep,
+    admin: OperatorDep,
 ) -> SavedVippsKeysOut:
     saved = await services.keys.save(
         msn,
@@ -308,7 +314,7 @@ async def put_vipps_keys(
     summary="Forget a sales unit's own keys (refused while active tills depend on them)",
 )
 async def delete_vipps_keys(
-    msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")], services: ServicesDep, admin: AdminDep
+    msn: Annotated[str, Path(pattern=r"^[0-9]{4,6}$")], services: ServicesDep, admin: OperatorDep
 ) -> Response:
     await services.keys.remove(msn, actor=admin.actor)
     return Response(status_code=204)
@@ -322,7 +328,7 @@ async def delete_vipps_keys(
 )
 async def list_checkouts(
     services: ServicesDep,
-    _: AdminDep,
+    _: ListDep,
     till_id: Annotated[str | None, Query(alias="tillId")] = None,
     # Only known states: a free string reached Postgres, and one with a NUL byte was a 500
     # (found by schemathesis).
@@ -349,9 +355,7 @@ async def list_checkouts(
     responses=problems({**_OPERATOR, **_VIPPS, 404: "No such checkout (`checkout_not_found`)."}),
     summary="Ask Vipps now and repair the checkout's state",
 )
-async def resync_checkout(
-    checkout_id: str, services: ServicesDep, principal: PrincipalDep, _: AdminDep
-) -> CheckoutOut:
+async def resync_checkout(checkout_id: str, services: ServicesDep, _: OperatorDep) -> CheckoutOut:
     return CheckoutOut.of(await services.checkouts.resync(checkout_id))
 
 
@@ -363,7 +367,7 @@ async def resync_checkout(
 )
 async def list_inbox(
     services: ServicesDep,
-    _: AdminDep,
+    _: OperatorDep,
     # Only known statuses: a free string with a NUL byte was a 500 (found by schemathesis).
     status: Annotated[list[InboxStatus] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import Field
 
-from app.api.deps import AdminDep, PrincipalDep, own_till
+from app.api.deps import OperatorDep, SellDep, own_till
 from app.api.routing import TextCheckedRoute, problems
 from app.api.schemas import Amount, ApiModel, ApiRequest, CheckoutOut, ReceiptIn
 from app.loyalty.service import ClubService, MemberView
@@ -94,7 +94,7 @@ class MemberOut(ApiModel):
 async def update_member_price(
     checkout_id: str,
     body: MemberPriceRequest,
-    principal: PrincipalDep,
+    principal: SellDep,
     club: ClubDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> CheckoutOut:
@@ -119,7 +119,7 @@ async def update_member_price(
     summary="Register a member by phone number (members kept by this service only)",
 )
 async def add_member(
-    body: NewMemberRequest, club: ClubDep, _: AdminDep, response: Response
+    body: NewMemberRequest, club: ClubDep, _: OperatorDep, response: Response
 ) -> MemberOut:
     record, created = await club.add_member(
         body.phone_number, name=body.name, store_id=body.store_id
@@ -130,7 +130,7 @@ async def add_member(
 
 
 @router.get("/members/{member_id}", response_model=MemberOut, responses=problems(_MEMBER))
-async def get_member(member_id: str, club: ClubDep, _: AdminDep) -> MemberOut:
+async def get_member(member_id: str, club: ClubDep, _: OperatorDep) -> MemberOut:
     return MemberOut.of(await club.get_member(member_id))
 
 
@@ -145,6 +145,6 @@ async def get_member(member_id: str, club: ClubDep, _: AdminDep) -> MemberOut:
     ),
     summary="Remove a member (the customer left the club)",
 )
-async def remove_member(member_id: str, club: ClubDep, _: AdminDep) -> Response:
+async def remove_member(member_id: str, club: ClubDep, _: OperatorDep) -> Response:
     await club.remove_member(member_id)
     return Response(status_code=204)

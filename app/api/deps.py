@@ -1,24 +1,37 @@
-"""Dependencies: services, authentication of tills and operators, per-till rate limits, and the
-read-only display tokens of the customer-facing till display."""
+"""Dependencies: services, authentication and authorization of tills and operators, throttling,
+and the read-only display tokens of the customer-facing till display.
+
+Who may do what is decided in one place, :func:`check_access` with its two tables; every route
+states what it does (:class:`Access`) through one of the ``…Dep``/``Till…`` dependencies below.
+A deactivated till's key may still read its own sales and cancel an unfinished one, nothing else
+(docs/integration.md, "Keys, roles and what a deactivated till may do").
+
+Throttling (app/throttle.py) costs no database statement: requests are counted per till key and
+per admin key, failed authentications per source address (with backoff); see docs/operations.md.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import re
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Any
 
 from fastapi import Cookie, Depends, Header, Path, Request
 
-from app.crypto import api_key_id, api_key_matches
+from app.crypto import ADMIN_KEY_PREFIX, api_key_id, api_key_matches
 from app.errors import ApiProblem
+from app.notifications import admin_key_subject, till_key_subject
 from app.service import Services
+from app.service.admin_keys import ALL_ROLES, Role
 from app.service.errors import TillNotFound
 from app.settings import Settings
+from app.throttle import ADMIN, AUTH_FAILURE, DISPLAY, TILL, Throttle, source_of
 
 
 # Dependencies are ``async def`` even when they do not await: FastAPI runs a plain ``def``
@@ -30,18 +43,39 @@ async def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
+# The bootstrap key (settings) is never revoked while the process runs: its event is never set.
+_NEVER = asyncio.Event()
+
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a till (acting on its own till only) or an operator (admin)."""
+    """Who is calling: a till (acting on its own till only) or an operator with admin roles.
+
+    ``revoked`` is set once the credential is revoked (key rotated, till deactivated, admin key
+    revoked), on any replica: streams and long-polls opened with it hold it and end.
+    """
 
     till_id: str | None
     key_id: str
-    is_admin: bool
+    roles: frozenset[Role] = frozenset()
+    till_active: bool = True
+    name: str | None = None
+    revoked: asyncio.Event = field(default=_NEVER, compare=False, repr=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.till_id is None
+
+    @property
+    def is_bootstrap(self) -> bool:
+        return self.is_admin and self.name is None
 
     @property
     def actor(self) -> str:
-        return "admin" if self.is_admin else f"till:{self.key_id}"
+        """How the audit trail names the caller."""
+        if not self.is_admin:
+            return f"till:{self.key_id}"
+        return "admin" if self.is_bootstrap else f"admin:{self.name}/{self.key_id}"
 
 
 def _bearer(authorization: str | None, x_api_key: str | None) -> str | None:
@@ -55,23 +89,42 @@ def _bearer(authorization: str | None, x_api_key: str | None) -> str | None:
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-class _TillRateLimiter:
-    """Token bucket per till, in memory (per replica)."""
+def _throttle(request: Request) -> Throttle:
+    throttle: Throttle = request.app.state.throttle
+    return throttle
 
-    def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, key: str, per_minute: int) -> float:
-        """0 if allowed, else seconds until one request is allowed."""
-        now = time.monotonic()
-        rate = per_minute / 60.0
-        tokens, stamp = self._buckets.get(key, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - stamp) * rate)
-        if tokens >= 1:
-            self._buckets[key] = (tokens - 1, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1 - tokens) / rate
+def too_many(wait: float, detail: str) -> ApiProblem:
+    return ApiProblem(
+        429, "rate_limited", detail, headers={"Retry-After": str(max(1, int(wait + 0.999)))}
+    )
+
+
+async def _identify(services: Services, key: str) -> Principal | None:
+    """The principal ``key`` belongs to, or ``None``. Each credential's revocation event is
+    taken before the database is asked, so a revocation committing after the check still
+    reaches whoever holds the principal."""
+    hub = services.ctx.hub
+    bootstrap = services.ctx.settings.security.admin_api_key.get_secret_value()
+    if bootstrap and hmac.compare_digest(key.encode(), bootstrap.encode()):
+        return Principal(None, "bootstrap", ALL_ROLES)
+    if key.startswith(ADMIN_KEY_PREFIX + "_"):
+        admin_id = api_key_id(key, ADMIN_KEY_PREFIX)
+        if admin_id is None:
+            return None
+        revoked = hub.revocation_event(admin_key_subject(admin_id))
+        info = await services.admin_keys.authenticate(key)
+        if info is None:
+            return None
+        return Principal(None, info.id, info.roles, name=info.name, revoked=revoked)
+    key_id = api_key_id(key)
+    if key_id is None:
+        return None
+    revoked = hub.revocation_event(till_key_subject(key_id))
+    till = await services.tills.credential(key_id)  # cached; a revocation drops it at once
+    if till is None or not api_key_matches(key, till.key_hash):
+        return None
+    return Principal(till.till_id, till.key_id, till_active=till.active, revoked=revoked)
 
 
 async def authenticate(
@@ -80,55 +133,162 @@ async def authenticate(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
-    key = _bearer(authorization, x_api_key)
-    if not key:
-        raise ApiProblem(401, "unauthorized", "an API key is required", headers=_UNAUTHORIZED)
-    admin_key = services.ctx.settings.security.admin_api_key.get_secret_value()
-    if hmac.compare_digest(key.encode(), admin_key.encode()):
-        return Principal(None, "admin", True)
-    key_id = api_key_id(key)
-    till = await services.tills.credential(key_id) if key_id else None
-    if till is None or not api_key_matches(key, till.key_hash):
-        raise ApiProblem(401, "unauthorized", "unknown or revoked API key", headers=_UNAUTHORIZED)
-    limiter: _TillRateLimiter = request.app.state.__dict__.setdefault(
-        "till_rate_limiter", _TillRateLimiter()
-    )
-    wait = limiter.take(till.till_id, services.ctx.settings.security.till_rate_limit_per_minute)
+    throttle = _throttle(request)
+    source = AUTH_FAILURE + source_of(request.client.host if request.client else None)
+    wait = throttle.begin(source)
     if wait > 0:
-        raise ApiProblem(
-            429,
-            "rate_limited",
-            "too many requests from this till",
-            headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-        )
-    return Principal(till.till_id, till.key_id, False)
+        raise too_many(wait, "too many failed authentications from this address; back off")
+    principal: Principal | None = None
+    try:
+        key = _bearer(authorization, x_api_key)
+        principal = await _identify(services, key) if key else None
+    finally:
+        throttle.end(source, failed=principal is None)
+    if principal is None:
+        raise ApiProblem(401, "unauthorized", "unknown or revoked API key", headers=_UNAUTHORIZED)
+    if principal.is_admin:
+        wait = throttle.take(ADMIN + principal.key_id)
+    else:
+        wait = throttle.take(TILL + str(principal.till_id))
+    if wait > 0:
+        raise too_many(wait, "too many requests with this key")
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
-async def require_admin(principal: PrincipalDep) -> Principal:
-    if not principal.is_admin:
-        raise ApiProblem(403, "forbidden", "operator credentials required")
-    return principal
+# ---- who may do what --------------------------------------------------------------------------
 
 
-AdminDep = Annotated[Principal, Depends(require_admin)]
+class Access(StrEnum):
+    """What a route does, as far as authorization is concerned."""
+
+    READ = "read"  # a checkout, the till, its active checkout
+    STREAM = "stream"  # the till's event stream
+    SELL = "sell"  # ring up a sale; member price
+    CANCEL = "cancel"
+    CAPTURE = "capture"
+    REFUND = "refund"
+    QR = "qr"  # the till's QR image; a display token
+    LIST = "list"  # checkouts across tills
+    OPERATE = "operate"  # tills, stores, webhooks, inbox, members, reports, drift, audit, re-sync
+    MONITOR = "monitor"  # /metrics, the API description when behind a key
 
 
-async def till_scope(principal: PrincipalDep, till_id: Annotated[str, Path()]) -> str:
-    """The till a request acts on: a till key may only act on its own till."""
-    if not principal.is_admin and principal.till_id != till_id:
-        raise ApiProblem(403, "forbidden", "this API key belongs to another till")
-    return till_id
+# A till key acts on its own till only (see till_scope and own_till).
+_TILL_MAY = frozenset(
+    {Access.READ, Access.STREAM, Access.SELL, Access.CANCEL, Access.CAPTURE, Access.REFUND}
+    | {Access.QR}
+)
+# A deactivated till's key: learn how its sales ended, call off one still running. Refunds and
+# captures of its sales are an operator's (money role) from then on.
+_DEACTIVATED_TILL_MAY = frozenset({Access.READ, Access.CANCEL})
+_ROLES_MAY: dict[Role, frozenset[Access]] = {
+    Role.OPERATOR: frozenset(
+        {Access.READ, Access.STREAM, Access.CANCEL, Access.QR, Access.LIST, Access.OPERATE}
+        | {Access.MONITOR}
+    ),
+    Role.MONEY: frozenset(
+        {Access.READ, Access.STREAM, Access.SELL, Access.CANCEL, Access.CAPTURE, Access.REFUND}
+        | {Access.LIST}
+    ),
+    Role.MONITOR: frozenset({Access.MONITOR}),
+}
 
 
-TillScope = Annotated[str, Depends(till_scope)]
+def may(principal: Principal, access: Access) -> bool:
+    if principal.is_admin:
+        return any(access in _ROLES_MAY[role] for role in principal.roles)
+    if not principal.till_active:
+        return access in _DEACTIVATED_TILL_MAY
+    return access in _TILL_MAY
+
+
+def check_access(principal: Principal, access: Access) -> None:
+    """The one place that decides whether ``principal`` may do ``access``; raises 403."""
+    if may(principal, access):
+        return
+    if principal.is_admin:
+        roles = ", ".join(sorted(principal.roles)) or "none"
+        raise ApiProblem(
+            403, "forbidden", f"this admin key's roles ({roles}) do not allow {access.value}"
+        )
+    if access in _TILL_MAY:
+        # The code integrators already know for a deactivated till (docs/integration.md).
+        raise ApiProblem(
+            409,
+            "till_inactive",
+            "this till is deactivated: its key may read its sales and cancel an unfinished "
+            "one; captures and refunds are an operator's",
+        )
+    raise ApiProblem(403, "forbidden", "operator credentials required")
+
+
+def _allow(access: Access) -> Any:
+    async def allowed(principal: PrincipalDep) -> Principal:
+        check_access(principal, access)
+        return principal
+
+    allowed.__name__ = f"allow_{access.value}"
+    return allowed
+
+
+# One dependency callable per access, so FastAPI resolves each once per request.
+_ALLOW = {access: _allow(access) for access in Access}
+ReadDep = Annotated[Principal, Depends(_ALLOW[Access.READ])]
+StreamDep = Annotated[Principal, Depends(_ALLOW[Access.STREAM])]
+SellDep = Annotated[Principal, Depends(_ALLOW[Access.SELL])]
+CancelDep = Annotated[Principal, Depends(_ALLOW[Access.CANCEL])]
+CaptureDep = Annotated[Principal, Depends(_ALLOW[Access.CAPTURE])]
+RefundDep = Annotated[Principal, Depends(_ALLOW[Access.REFUND])]
+QrDep = Annotated[Principal, Depends(_ALLOW[Access.QR])]
+ListDep = Annotated[Principal, Depends(_ALLOW[Access.LIST])]
+OperatorDep = Annotated[Principal, Depends(_ALLOW[Access.OPERATE])]
+MonitorDep = Annotated[Principal, Depends(_ALLOW[Access.MONITOR])]
+
+
+def _scoped(access: Access) -> Any:
+    # A default, not an annotation: annotations are strings here (PEP 563), resolved in the
+    # module's namespace, where ``access`` does not exist.
+    async def till_scope(
+        till_id: Annotated[str, Path()],
+        principal: Principal = Depends(_ALLOW[access]),  # noqa: B008
+    ) -> str:
+        """The till a request acts on: a till key may only act on its own till."""
+        if not principal.is_admin and principal.till_id != till_id:
+            raise ApiProblem(403, "forbidden", "this API key belongs to another till")
+        return till_id
+
+    till_scope.__name__ = f"till_scope_{access.value}"
+    return till_scope
+
+
+TillRead = Annotated[str, Depends(_scoped(Access.READ))]
+TillStream = Annotated[str, Depends(_scoped(Access.STREAM))]
+TillSell = Annotated[str, Depends(_scoped(Access.SELL))]
+TillQr = Annotated[str, Depends(_scoped(Access.QR))]
 
 
 def own_till(principal: Principal) -> str | None:
     """Restrict checkout lookups to the caller's till (``None``: operators see all)."""
     return None if principal.is_admin else principal.till_id
+
+
+async def still_allowed(services: Services, principal: Principal, access: Access) -> bool:
+    """Whether ``principal``'s credential still allows ``access``, asking the database: for a
+    long-poll whose credential was revoked meanwhile, and for open streams at each keep-alive
+    (which covers revocations a replica missed while its LISTEN connection was down, or that
+    another process made on SQLite)."""
+    if principal.is_bootstrap:
+        return True
+    if principal.is_admin:
+        return await services.admin_keys.is_active(principal.key_id)
+    till = await services.tills.credential(principal.key_id, fresh=True)
+    if till is None:
+        return False
+    current = Principal(till.till_id, till.key_id, till_active=till.active)
+    return may(current, access)
 
 
 # ---- display tokens ---------------------------------------------------------------------------
@@ -160,11 +320,14 @@ _DISPLAY_TOKEN = re.compile(
 
 @dataclass(frozen=True)
 class DisplayGrant:
-    """A verified display token: read-only access to one till's display until ``expires_at``."""
+    """A verified display token: read-only access to one till's display until ``expires_at``,
+    or until the till key it was issued under is revoked (``revoked`` is then set)."""
 
     till_id: str
+    key_id: str
     expires_at: datetime
     lifetime_seconds: int
+    revoked: asyncio.Event = field(default=_NEVER, compare=False, repr=False)
 
 
 def _display_keys(settings: Settings) -> list[bytes]:
@@ -222,26 +385,24 @@ async def display_grant(
     expires = int(match["exp"])
     if expires <= services.ctx.clock().timestamp():
         raise ApiProblem(401, "unauthorized", _DISPLAY_REFUSED)
+    revoked = services.ctx.hub.revocation_event(till_key_subject(match["key"]))
+    if not await display_still_valid(services, till_id, match["key"]):
+        raise ApiProblem(401, "unauthorized", _DISPLAY_REFUSED)
+    wait = _throttle(request).take(DISPLAY + till_id)
+    if wait > 0:
+        raise too_many(wait, "too many requests from this display")
+    return DisplayGrant(
+        till_id, match["key"], datetime.fromtimestamp(expires, UTC), int(match["ttl"]), revoked
+    )
+
+
+async def display_still_valid(services: Services, till_id: str, key_id: str) -> bool:
+    """The till is active and still has the API key the display token was issued under."""
     try:
         till = await services.tills.get(till_id)
     except TillNotFound:
-        raise ApiProblem(401, "unauthorized", _DISPLAY_REFUSED) from None
-    if till.status != "ACTIVE" or not hmac.compare_digest(till.api_key_id, match["key"]):
-        raise ApiProblem(401, "unauthorized", _DISPLAY_REFUSED)
-    limiter: _TillRateLimiter = request.app.state.__dict__.setdefault(
-        "till_rate_limiter", _TillRateLimiter()
-    )
-    wait = limiter.take(
-        f"display:{till_id}", services.ctx.settings.security.till_rate_limit_per_minute
-    )
-    if wait > 0:
-        raise ApiProblem(
-            429,
-            "rate_limited",
-            "too many requests from this display",
-            headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-        )
-    return DisplayGrant(till_id, datetime.fromtimestamp(expires, UTC), int(match["ttl"]))
+        return False
+    return till.status == "ACTIVE" and hmac.compare_digest(till.api_key_id, key_id)
 
 
 DisplayGrantDep = Annotated[DisplayGrant, Depends(display_grant)]

@@ -23,6 +23,9 @@ Invariants:
   ``Last-Event-ID`` (EventSource does this by itself) or ``?lastEventId=`` replays every change
   after it, so nothing is lost. A stream ends when its token expires (within one keep-alive
   interval); by then the page has renewed the cookie, and its automatic reconnect resumes.
+* A stream ends at once when the till's key is rotated or the till deactivated, on whichever
+  replica that happened (the revocation broadcast, app/notifications.py); its reconnect is then
+  refused, and the page asks for a new display token.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from app.api.deps import (
     DisplayGrant,
     DisplayGrantDep,
     ServicesDep,
-    TillScope,
+    TillQr,
+    display_still_valid,
     issue_display_token,
 )
 from app.api.routing import TextCheckedRoute, problems
@@ -315,7 +319,7 @@ def _set_display_cookie(
     summary="Issue a read-only display token and the URL of the till's customer display",
 )
 async def issue_token(
-    till_id: TillScope, services: ServicesDep, body: DisplayTokenRequest | None = None
+    till_id: TillQr, services: ServicesDep, body: DisplayTokenRequest | None = None
 ) -> DisplayTokenOut:
     till = await services.tills.get(till_id)
     if till.status != "ACTIVE":
@@ -441,7 +445,7 @@ async def _display_stream(
 ) -> AsyncIterator[bytes]:
     yield b"retry: 1000\n\n"
     async for item in services.checkouts.till_feed(
-        grant.till_id, after=after, keepalive=KEEPALIVE_SECONDS
+        grant.till_id, after=after, keepalive=KEEPALIVE_SECONDS, stop=grant.revoked
     ):
         if await request.is_disconnected():
             return
@@ -452,6 +456,8 @@ async def _display_stream(
             log.info("display.stream.token_expired", till_id=grant.till_id)
             return
         if item is None:
+            if not await display_still_valid(services, grant.till_id, grant.key_id):
+                break  # revoked where this replica did not hear of it (see till_feed's stop)
             yield b": keep-alive\n\n"
             continue
         checkout = item.checkout
@@ -469,3 +475,4 @@ async def _display_stream(
             item.id,
             orjson.dumps(message.model_dump(mode="json", by_alias=True)),
         )
+    log.info("display.stream.revoked", till_id=grant.till_id)

@@ -8,7 +8,10 @@ route itself (benchmarks/README.md). This does the same work inline:
   and echoes it on the response;
 * names the endpoint for the audit log while the request runs;
 * observes ``method``/route template/status/seconds-to-headers in :class:`Metrics` for routed
-  requests (unmatched paths are not counted, so scanners cannot grow the label set).
+  requests (unmatched paths are not counted, so scanners cannot grow the label set);
+* marks every response ``X-Content-Type-Options: nosniff`` and, unless the route chose its own
+  caching, ``Cache-Control: no-store`` — API answers carry keys (a new till's ``apiKey``), sales
+  and personal data that no browser or proxy cache may keep.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ class CorrelationMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                headers.setdefault("x-content-type-options", "nosniff")
+                headers.setdefault("cache-control", "no-store")
                 _observe(scope, method, message["status"], time.perf_counter() - started)
             await send(message)
 

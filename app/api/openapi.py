@@ -228,8 +228,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     return document
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Serve the document at ``/openapi.json`` and Swagger UI at ``/docs`` (no outside CDN)."""
+def install_openapi(app: FastAPI, *, serve_docs: bool = True) -> None:
+    """Build the document (``app.openapi()``) and, with ``serve_docs``, serve Swagger UI at
+    ``/docs`` from the package's own files (no outside CDN)."""
     from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
     def openapi() -> dict[str, Any]:
@@ -238,6 +239,8 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if not serve_docs:
+        return
     app.mount("/docs/static", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)

@@ -10,10 +10,24 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import PrincipalDep, ServicesDep, TillScope, own_till
+from app.api.deps import (
+    Access,
+    CancelDep,
+    CaptureDep,
+    ReadDep,
+    RefundDep,
+    ServicesDep,
+    StreamDep,
+    TillRead,
+    TillSell,
+    TillStream,
+    own_till,
+    still_allowed,
+)
 from app.api.routing import TextCheckedRoute, problems
 from app.api.schemas import ActiveCheckoutOut, AmountRequest, CheckoutOut, CreateCheckoutRequest
 from app.domain.state_machine import CapturePolicy
+from app.errors import ApiProblem
 from app.service.checkouts import CreateCheckout
 
 router = APIRouter(prefix="/api/v1", tags=["POS"], route_class=TextCheckedRoute)
@@ -28,9 +42,11 @@ IdempotencyKey = Annotated[
 ]
 _AUTH = {
     401: "Missing, unknown or revoked API key (`unauthorized`).",
-    403: "The key belongs to another till (`forbidden`).",
+    403: "The key belongs to another till, or may not do this (`forbidden`).",
+    409: "`till_inactive` (a deactivated till's key may only read and cancel), or a state rule.",
     422: "Invalid request; `errors` names each field (`validation_error`).",
-    429: "Too many requests from this till (`rate_limited`); wait `Retry-After` seconds.",
+    429: "Too many requests with this key, or failed attempts from this address "
+    "(`rate_limited`); wait `Retry-After` seconds.",
 }
 _CHECKOUT = {**_AUTH, 404: "No such checkout, or not this till's (`checkout_not_found`)."}
 _TILL = {**_AUTH, 404: "No such till (`till_not_found`)."}
@@ -50,7 +66,7 @@ _TILL = {**_AUTH, 404: "No such till (`till_not_found`)."}
     summary="Ring up a sale: the checkout waits for the customer's scan",
 )
 async def create_checkout(
-    till_id: TillScope,
+    till_id: TillSell,
     body: CreateCheckoutRequest,
     services: ServicesDep,
     response: Response,
@@ -80,7 +96,7 @@ async def create_checkout(
     responses=problems(_TILL),
     summary="What is active on this till",
 )
-async def active_checkout(till_id: TillScope, services: ServicesDep) -> ActiveCheckoutOut:
+async def active_checkout(till_id: TillRead, services: ServicesDep) -> ActiveCheckoutOut:
     checkout = await services.checkouts.active(till_id)
     return ActiveCheckoutOut(checkout=CheckoutOut.of(checkout) if checkout else None)
 
@@ -93,7 +109,7 @@ async def active_checkout(till_id: TillScope, services: ServicesDep) -> ActiveCh
 )
 async def get_checkout(
     checkout_id: str,
-    principal: PrincipalDep,
+    principal: ReadDep,
     services: ServicesDep,
     wait: Annotated[float, Query(ge=0, le=120, description="Seconds to wait for a change")] = 0,
     version: Annotated[
@@ -104,8 +120,10 @@ async def get_checkout(
     scope = own_till(principal)
     if wait > 0:
         checkout = await services.checkouts.wait_for_change(
-            scope, checkout_id, after_version=version, wait=wait
+            scope, checkout_id, after_version=version, wait=wait, stop=principal.revoked
         )
+        if principal.revoked.is_set() and not await still_allowed(services, principal, Access.READ):
+            raise ApiProblem(401, "unauthorized", "the API key was revoked while waiting")
     else:
         checkout = await services.checkouts.get(scope, checkout_id)
     return CheckoutOut.of(checkout)
@@ -125,7 +143,7 @@ async def get_checkout(
 )
 async def cancel_checkout(
     checkout_id: str,
-    principal: PrincipalDep,
+    principal: CancelDep,
     services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> CheckoutOut:
@@ -152,7 +170,7 @@ async def cancel_checkout(
 )
 async def capture_checkout(
     checkout_id: str,
-    principal: PrincipalDep,
+    principal: CaptureDep,
     services: ServicesDep,
     body: AmountRequest | None = None,
     idempotency_key: IdempotencyKey = None,
@@ -181,7 +199,7 @@ async def capture_checkout(
 )
 async def refund_checkout(
     checkout_id: str,
-    principal: PrincipalDep,
+    principal: RefundDep,
     services: ServicesDep,
     body: AmountRequest | None = None,
     idempotency_key: IdempotencyKey = None,
@@ -202,7 +220,8 @@ async def refund_checkout(
     summary="Server-Sent Events: this till's checkout changes, resumable with Last-Event-ID",
 )
 async def till_events(
-    till_id: TillScope,
+    till_id: TillStream,
+    principal: StreamDep,
     request: Request,
     services: ServicesDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -213,11 +232,16 @@ async def till_events(
     await services.tills.get(till_id)
 
     async def stream() -> AsyncIterator[bytes]:
+        # Ends as soon as the key is revoked (rotated, till deactivated) on any replica; the
+        # keep-alive re-check covers a revocation this replica did not hear of.
         yield b"retry: 1000\n\n"
-        async for item in services.checkouts.till_feed(till_id, after=after):
+        feed = services.checkouts.till_feed(till_id, after=after, stop=principal.revoked)
+        async for item in feed:
             if await request.is_disconnected():
                 return
             if item is None:
+                if not await still_allowed(services, principal, Access.STREAM):
+                    return
                 yield b": keep-alive\n\n"
                 continue
             payload = {
@@ -241,5 +265,5 @@ async def till_events(
     return StreamingResponse(
         stream(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

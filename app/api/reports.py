@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from app.api.deps import AdminDep, ServicesDep
+from app.api.deps import OperatorDep, ServicesDep
 from app.api.routing import OPERATOR_PROBLEMS, VIPPS_PROBLEMS, TextCheckedRoute, problems
 from app.api.schemas import ApiModel, ApiRequest
 from app.service.drift import DriftService
@@ -55,7 +55,7 @@ class AuditVerifyOut(ApiModel):
 )
 async def end_of_day(
     services: ServicesDep,
-    _: AdminDep,
+    _: OperatorDep,
     # Bounded: 0001-01-01 in a zone east of UTC overflowed into a 500 (found by schemathesis).
     day: Annotated[
         date,
@@ -101,7 +101,7 @@ async def end_of_day(
 )
 async def drift(
     services: ServicesDep,
-    _: AdminDep,
+    _: OperatorDep,
     msn: Annotated[str | None, Query(pattern=r"^[0-9]{4,6}$")] = None,
 ) -> dict[str, Any]:
     report = await DriftService(services.ctx, services.tills).check(msn)
@@ -114,7 +114,7 @@ async def drift(
     summary="Repair drift: create missing QRs, fix descriptions, delete inactive tills' QRs",
 )
 async def repair_drift(
-    services: ServicesDep, _: AdminDep, body: DriftRepairRequest | None = None
+    services: ServicesDep, _: OperatorDep, body: DriftRepairRequest | None = None
 ) -> dict[str, Any]:
     request = body or DriftRepairRequest()
     report = await DriftService(services.ctx, services.tills).check(
@@ -129,7 +129,7 @@ async def repair_drift(
     responses=problems(_OPERATOR),
     summary="Verify every hash chain of the audit trail; lists each break",
 )
-async def verify_audit(services: ServicesDep, _: AdminDep) -> AuditVerifyOut:
+async def verify_audit(services: ServicesDep, _: OperatorDep) -> AuditVerifyOut:
     result = await verify_audit_trail(services.ctx)
     return AuditVerifyOut(
         intact=result.intact,

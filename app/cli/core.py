@@ -42,6 +42,7 @@ def register_core(cli: typer.Typer) -> None:
         from app.main import create_app
         from app.migrations import upgrade
         from app.observability.logging import configure_logging
+        from app.server import uvicorn_config
 
         settings = _settings()
         if workers is None:
@@ -58,27 +59,21 @@ def register_core(cli: typer.Typer) -> None:
         if migrate:
             upgrade(settings.database.url)
         if workers == 1:
-            uvicorn.run(
-                create_app(settings),
-                host=host,
-                port=port,
-                log_config=None,
-                proxy_headers=True,
-                timeout_graceful_shutdown=10,
-            )
+            config = uvicorn_config(create_app(settings), settings.server, host=host, port=port)
+            uvicorn.Server(config).run()
             return
-        # Each process builds its app from the same environment (the settings are read there
-        # again); uvicorn supervises them and restarts one that dies.
-        uvicorn.run(
+        # Each process builds its app (and the server's guarded protocol) from the same
+        # environment; uvicorn supervises them and restarts one that dies.
+        from uvicorn.supervisors import Multiprocess
+
+        config = uvicorn_config(
             "app.main:app_from_environment",
-            factory=True,
-            workers=workers,
+            settings.server,
             host=host,
             port=port,
-            log_config=None,
-            proxy_headers=True,
-            timeout_graceful_shutdown=10,
+            workers=workers,
         )
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
 
     @cli.command()
     def migrate(revision: str = typer.Argument("head", help="Target revision.")) -> None:

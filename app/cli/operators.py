@@ -34,10 +34,12 @@ from app.cli.core import _settings
 from app.domain.state_machine import CheckoutState
 from app.observability.logging import configure_logging
 from app.service import Services
+from app.service.admin_keys import AdminKeyInfo
 from app.service.bootstrap import open_services
 from app.service.drift import DriftReport, DriftService
 from app.service.errors import ServiceError, TillExists
 from app.service.health import readiness
+from app.service.key_rotation import KeyRotation
 from app.service.qr_sheet import SheetLabels, render_pdf, render_svg, store_labels
 from app.service.reports import (
     DEFAULT_TIMEZONE,
@@ -1098,6 +1100,126 @@ def drift(
         raise typer.Exit(1)
 
 
+admin_keys_app = typer.Typer(
+    help="Named admin keys with roles (operator, money, monitor).", no_args_is_help=True
+)
+
+
+def _admin_key_json(info: AdminKeyInfo, key: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "keyId": info.id,
+        "name": info.name,
+        "roles": sorted(r.value for r in info.roles),
+        "createdAt": info.created_at.isoformat(),
+        "revokedAt": info.revoked_at.isoformat() if info.revoked_at else None,
+    }
+    if key is not None:
+        data["key"] = key
+    return data
+
+
+def _admin_key_rows(keys: list[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [k["name"], k["keyId"], ",".join(k["roles"]), k["createdAt"], k["revokedAt"]] for k in keys
+    ]
+
+
+_ADMIN_KEY_COLUMNS = ["name", "key id", "roles", "created", "revoked"]
+
+
+@admin_keys_app.command(
+    "create",
+    epilog="Example: vipps-pos admin-keys create ops-anna --role operator\n\n"
+    "Roles: operator (tills, QR, stores, webhooks, members, reports, drift, audit, re-sync), "
+    "money (captures and refunds on any till), monitor (/metrics).",
+)
+def admin_keys_create(
+    name: str = typer.Argument(..., help="Who or what holds the key (unique among active)."),
+    role: Annotated[
+        list[str], typer.Option("--role", "-r", help="operator, money or monitor; repeatable.")
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Make a named admin key; the key is printed once (only its hash is stored)."""
+    new = _run(lambda services: services.admin_keys.create(name, role))
+    data = _admin_key_json(new.info, new.key)
+    if as_json:
+        _print_json(data)
+    else:
+        _table(
+            "Admin key created (the key is shown once)", _ADMIN_KEY_COLUMNS, _admin_key_rows([data])
+        )
+        typer.echo(new.key)
+
+
+@admin_keys_app.command("list", epilog="Example: vipps-pos admin-keys list --all")
+def admin_keys_list(
+    include_revoked: bool = typer.Option(False, "--all", help="Also revoked keys."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Named admin keys (never the keys themselves)."""
+    keys = _run(lambda services: services.admin_keys.list(include_revoked=include_revoked))
+    data = [_admin_key_json(k) for k in keys]
+    if as_json:
+        _print_json(data)
+    else:
+        _table("Admin keys", _ADMIN_KEY_COLUMNS, _admin_key_rows(data))
+
+
+@admin_keys_app.command("revoke", epilog="Example: vipps-pos admin-keys revoke ops-anna")
+def admin_keys_revoke(
+    name: str = typer.Argument(..., help="The key's name or key id."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Revoke a named admin key: every replica refuses it at once (on Postgres), and streams
+    and long-polls opened with it end."""
+    info = _run(lambda services: services.admin_keys.revoke(name))
+    data = _admin_key_json(info)
+    if as_json:
+        _print_json(data)
+    else:
+        _table("Admin key revoked", _ADMIN_KEY_COLUMNS, _admin_key_rows([data]))
+
+
+encryption_keys_app = typer.Typer(
+    help="The encryption keys of secrets stored here.", no_args_is_help=True
+)
+
+
+@encryption_keys_app.command(
+    "rotate",
+    epilog='Example: VIPPS_POS_SECURITY__ENCRYPTION_KEY="$NEW,$OLD" '
+    "vipps-pos encryption-keys rotate",
+)
+def encryption_keys_rotate(as_json: bool = JSON_OPTION) -> None:
+    """Move every stored secret and member lookup hash to the first configured encryption key
+    (merging members registered twice across an earlier rotation). Run after putting the new
+    key first; drop the old key once this exits 0. Exit status 1 if some value opens with no
+    configured key."""
+    report = _run(lambda services: KeyRotation(services.ctx).run())
+    data = {
+        "reencrypted": report.reencrypted,
+        "unreadable": report.unreadable,
+        "membersRehashed": report.members_rehashed,
+        "membersMerged": report.members_merged,
+        "clean": report.clean,
+    }
+    if as_json:
+        _print_json(data)
+    else:
+        _table(
+            "Moved to the first encryption key",
+            ["what", "re-encrypted", "unreadable"],
+            [
+                [label, report.reencrypted.get(label, ""), report.unreadable.get(label, 0)]
+                for label in sorted({*report.reencrypted, *report.unreadable})
+            ],
+        )
+        typer.echo(f"members re-hashed: {report.members_rehashed}, merged: {report.members_merged}")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
 def register_operators(cli: typer.Typer) -> None:
     cli.add_typer(tills_app, name="tills")
     cli.add_typer(qr_app, name="qr")
@@ -1105,6 +1227,8 @@ def register_operators(cli: typer.Typer) -> None:
     cli.add_typer(keys_app, name="keys")
     cli.add_typer(checkouts_app, name="checkouts")
     cli.add_typer(audit_app, name="audit")
+    cli.add_typer(encryption_keys_app, name="encryption-keys")
+    cli.add_typer(admin_keys_app, name="admin-keys")
     cli.command(
         "report",
         epilog="Example: vipps-pos report --date 2026-11-27 --store oslo-1 --format csv -o eod.csv",

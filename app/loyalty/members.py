@@ -23,7 +23,7 @@ The HTTP contract a chain's loyalty system implements (JSON, ``Authorization: Be
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -94,6 +94,13 @@ class DatabaseMemberDirectory:
     itself is stored only encrypted. ``vipps_sub`` and ``phone_hash`` are unique, so two
     concurrent enrollments of one customer end in one row: the loser of the race reads the
     winner's row.
+
+    Encryption-key rotation ("NEW,OLD"): every lookup tries the number's hash under each
+    configured key, and a member found under an older key's hash only is moved to the current
+    key (hash and ciphertext) on the way, so a member stays findable and a second enrollment
+    finds the first instead of adding a row. ``vipps-pos encryption-keys rotate`` moves every
+    row at once (and merges duplicates left by versions that looked under the first key only);
+    after it the old key can be dropped.
     """
 
     def __init__(
@@ -108,11 +115,41 @@ class DatabaseMemberDirectory:
         self._clock = clock
 
     async def find_by_phone(self, msisdn: str) -> MemberRecord | None:
+        hashes = self._secrets.lookup_hashes(msisdn)
         async with self._sessions() as session:
-            member = await session.scalar(
-                select(Member).where(Member.phone_hash == self._secrets.lookup_hash(msisdn))
+            members = (
+                await session.scalars(select(Member).where(Member.phone_hash.in_(hashes)))
+            ).all()
+        if len(members) == 1 and members[0].phone_hash != hashes[0]:
+            # Found under a rotated-out key only: move it to the current one (a write only then).
+            async with self._sessions() as session, session.begin():
+                await self._by_phone(session, msisdn)
+        if not members:
+            return None
+        member = _earliest(members)
+        return MemberRecord(member.id, member.name)
+
+    def _rehash(self, row: Member, msisdn: str) -> None:
+        row.phone_hash = self._secrets.lookup_hash(msisdn)
+        row.phone_enc = self._secrets.encrypt(msisdn)
+
+    async def _by_phone(self, session: AsyncSession, msisdn: str) -> Member | None:
+        """The member with this number under any configured key's hash (locked), moved to the
+        current key's hash unless another row already holds it: such duplicates, left by
+        versions that looked under the first key only, are merged by ``vipps-pos keys
+        rotate``."""
+        hashes = self._secrets.lookup_hashes(msisdn)
+        members = (
+            await session.scalars(
+                select(Member).where(Member.phone_hash.in_(hashes)).with_for_update()
             )
-        return MemberRecord(member.id, member.name) if member else None
+        ).all()
+        if not members:
+            return None
+        member = _earliest(members)
+        if len(members) == 1 and member.phone_hash != hashes[0]:
+            self._rehash(member, msisdn)
+        return member
 
     async def enroll(self, member: NewMember) -> MemberRecord:
         try:
@@ -129,14 +166,13 @@ class DatabaseMemberDirectory:
     ) -> tuple[MemberRecord, bool]:
         """Register a member by phone number (operators; no Vipps login). Returns the member and
         whether it is new; an existing member with that number is returned unchanged."""
-        phone_hash = self._secrets.lookup_hash(msisdn)
         async with self._sessions() as session, session.begin():
-            existing = await session.scalar(select(Member).where(Member.phone_hash == phone_hash))
+            existing = await self._by_phone(session, msisdn)
             if existing is not None:
                 return MemberRecord(existing.id, existing.name), False
             row = Member(
                 id=str(uuid.uuid4()),
-                phone_hash=phone_hash,
+                phone_hash=self._secrets.lookup_hash(msisdn),
                 phone_enc=self._secrets.encrypt(msisdn),
                 vipps_sub=None,
                 name=name,
@@ -170,11 +206,11 @@ class DatabaseMemberDirectory:
             )
             if by_sub is not None:
                 if by_sub.phone_hash != phone_hash:
-                    # The same Vipps user with a new number: follow the number.
-                    by_sub.phone_hash = phone_hash
-                    by_sub.phone_enc = self._secrets.encrypt(member.msisdn)
+                    # The same Vipps user with a new number (follow the number), or the same
+                    # number hashed under a rotated-out key (move it to the current key).
+                    self._rehash(by_sub, member.msisdn)
                 return MemberRecord(by_sub.id, by_sub.name)
-            by_phone = await session.scalar(select(Member).where(Member.phone_hash == phone_hash))
+            by_phone = await self._by_phone(session, member.msisdn)
             if by_phone is not None:
                 # Registered earlier without a login (e.g. by an operator): link it to Vipps.
                 by_phone.vipps_sub = member.vipps_sub
@@ -193,14 +229,25 @@ class DatabaseMemberDirectory:
         return MemberRecord(row.id, row.name)
 
     async def _existing(self, member: NewMember) -> MemberRecord | None:
-        phone_hash = self._secrets.lookup_hash(member.msisdn)
+        hashes = self._secrets.lookup_hashes(member.msisdn)
         async with self._sessions() as session:
-            row = await session.scalar(
-                select(Member).where(
-                    (Member.vipps_sub == member.vipps_sub) | (Member.phone_hash == phone_hash)
+            rows = (
+                await session.scalars(
+                    select(Member).where(
+                        (Member.vipps_sub == member.vipps_sub) | Member.phone_hash.in_(hashes)
+                    )
                 )
-            )
-        return MemberRecord(row.id, row.name) if row else None
+            ).all()
+        if not rows:
+            return None
+        row = _earliest(rows)
+        return MemberRecord(row.id, row.name)
+
+
+def _earliest(members: Sequence[Member]) -> Member:
+    """Of several rows for one customer (duplicates from before key rotation was handled), the
+    one enrolled first: the member id tills have seen longest."""
+    return min(members, key=lambda m: (m.enrolled_at, m.id))
 
 
 class _MemberReply(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.service.admin_keys import AdminKeyService
 from app.service.checkouts import CheckoutService
 from app.service.context import ServiceContext
 from app.service.intake import WebhookIntake
@@ -20,6 +21,7 @@ class Services:
     intake: WebhookIntake
     webhooks: WebhookService
     keys: VippsKeys
+    admin_keys: AdminKeyService
 
     @classmethod
     def build(cls, ctx: ServiceContext, keys: VippsKeys | None = None) -> Services:
@@ -36,4 +38,5 @@ class Services:
             intake=intake,
             webhooks=WebhookService(ctx, intake),
             keys=keys,
+            admin_keys=AdminKeyService(ctx),
         )

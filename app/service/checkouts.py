@@ -59,7 +59,7 @@ from app.domain.statuses import (
     OutboxStatus,
     TillStatus,
 )
-from app.notifications import checkout_key, till_key
+from app.notifications import checkout_key, till_key, wait_any
 from app.persistence.records import (
     DECISION_COLUMNS,
     ChangeRecord,
@@ -1021,10 +1021,17 @@ class CheckoutService:
         return checkout
 
     async def wait_for_change(
-        self, till_id: str | None, checkout_id: str, *, after_version: int | None, wait: float
+        self,
+        till_id: str | None,
+        checkout_id: str,
+        *,
+        after_version: int | None,
+        wait: float,
+        stop: asyncio.Event | None = None,
     ) -> CheckoutRecord:
         """Long-poll: return once the checkout's version differs from ``after_version`` (or the
-        version seen on arrival), or when ``wait`` seconds have passed.
+        version seen on arrival), when ``wait`` seconds have passed, or at once when ``stop``
+        is set (the caller's credential was revoked: it re-checks before answering).
 
         Reads nothing it can be told: a change committed by this process arrives with the
         checkout as saved; one from another replica arrives as a version number, and only then
@@ -1048,11 +1055,9 @@ class CheckoutService:
         baseline = checkout.version if after_version is None else after_version
         while checkout.version == baseline:
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not await wait_any(event, stop, within=remaining):
                 break
-            try:
-                await asyncio.wait_for(event.wait(), timeout=remaining)
-            except TimeoutError:
+            if stop is not None and stop.is_set():
                 break
             event = hub.event_for(checkout_key(checkout_id))
             known = hub.latest(checkout_id)
@@ -1243,9 +1248,16 @@ class CheckoutService:
         return await self.get(None, checkout_id)
 
     async def till_feed(
-        self, till_id: str, *, after: int | None, keepalive: float = 15.0
+        self,
+        till_id: str,
+        *,
+        after: int | None,
+        keepalive: float = 15.0,
+        stop: asyncio.Event | None = None,
     ) -> AsyncIterator[ChangeRecord | None]:
-        """The till's changes, oldest first, forever; ``None`` is a keep-alive tick.
+        """The till's changes, oldest first, until ``stop`` is set (the credential the stream
+        was opened with was revoked; nothing is yielded after that); ``None`` is a keep-alive
+        tick.
 
         Without ``after`` it starts with a ``snapshot`` of the active checkout. With it (the
         SSE ``Last-Event-ID``), it replays every change after that id first: nothing is lost
@@ -1258,14 +1270,18 @@ class CheckoutService:
             active = await store.active_checkout(till_id)
             yield ChangeRecord(after, "snapshot", active.id if active else None, {}, active)
         while True:
+            if stop is not None and stop.is_set():
+                return
             event = self.ctx.hub.event_for(till_key(till_id))
             items = await store.changes_after(till_id, after, 100)
             for item in items:
+                if stop is not None and stop.is_set():
+                    return
                 after = item.id
                 yield item
             if items:
                 continue
-            try:
-                await asyncio.wait_for(event.wait(), timeout=keepalive)
-            except TimeoutError:
+            if not await wait_any(event, stop, within=keepalive):
                 yield None
+            elif stop is not None and stop.is_set():
+                return

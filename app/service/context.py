@@ -54,6 +54,7 @@ class Work:
     is_postgres: bool
     origin: str = "-"
     changed: set[tuple[str, str | None]] = field(default_factory=set)
+    # Credentials this transaction revokes (app/notifications.py, revocations).
     revoked: set[str] = field(default_factory=set)
 
     async def announce(self, till_id: str, checkout_id: str | None) -> None:
@@ -70,15 +71,15 @@ class Work:
                 )
             )
 
-    async def revoke(self, till_id: str) -> None:
-        """The till's credentials change in this transaction: every replica drops what it
-        cached for them, and the till's open streams end, once it commits."""
-        if till_id in self.revoked:
+    async def revoke(self, subject: str) -> None:
+        """Revoke a credential (``till_key_subject``/``admin_key_subject``) when this commits:
+        on Postgres every replica hears it through the same NOTIFY channel as changes."""
+        if subject in self.revoked:
             return
-        self.revoked.add(till_id)
+        self.revoked.add(subject)
         if self.is_postgres:
             await self.session.execute(
-                select(func.pg_notify(CHANNEL, ChangeHub.revocation_payload(till_id)))
+                select(func.pg_notify(CHANNEL, ChangeHub.revocation_payload(subject)))
             )
 
 
@@ -91,5 +92,5 @@ async def unit_of_work(ctx: ServiceContext) -> AsyncIterator[Work]:
             yield work
         for till_id, checkout_id in work.changed:
             ctx.hub.signal_change(till_id, checkout_id)
-        for till_id in work.revoked:
-            ctx.hub.revoked(till_id)
+        if work.revoked:
+            ctx.hub.revoke(*work.revoked)

@@ -124,6 +124,47 @@ def classify(payload: Any) -> tuple[str, str | None]:
     return "unknown", None
 
 
+# Longest event type and reference the inbox stores (webhook_inbox.event_type/reference).
+_MAX_EVENT_TYPE = 64
+_MAX_REFERENCE = 64
+
+
+def _has_unstorable_text(payload: Any) -> bool:
+    """Whether any key or string in ``payload`` holds a NUL or an unpaired surrogate (JSON allows
+    both as escapes; Postgres text and UTF-8 hold neither). Iterative: nesting depth is the
+    sender's to choose."""
+    pending = [payload]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item or any("\ud800" <= ch <= "\udfff" for ch in item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def unprocessable_reason(event_type: str, reference: str | None, payload: Any) -> str | None:
+    """Why a verified delivery that parsed cannot be processed (it is then stored raw, marked
+    ``FAILED`` and acknowledged — never a 500), or ``None``."""
+    if _has_unstorable_text(payload):
+        return "payload holds a NUL or an unpaired surrogate (kept for inspection)"
+    if len(event_type) > _MAX_EVENT_TYPE:
+        return f"event name longer than {_MAX_EVENT_TYPE - len('epayments.payment..v1')} characters"
+    if reference is not None and len(reference) > _MAX_REFERENCE:
+        return f"reference longer than {_MAX_REFERENCE} characters"
+    return None
+
+
+def storable_text(body: bytes) -> str:
+    """The raw body as text a database can hold: bytes that are not UTF-8, and NUL bytes, become
+    U+FFFD (a body with either is not JSON, so nothing is lost that could be processed)."""
+    return body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
 def dedup_key(msn: str, event_type: str, payload: Any, body: bytes) -> str:
     if event_type.startswith("epayments.") and isinstance(payload, dict):
         # Vipps: key payment events on (reference, name, pspReference).
@@ -263,10 +304,10 @@ class WebhookIntake:
             raise WebhookRejected(reason)
         try:
             payload: Any = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json parses
             payload = None
         delivery = read_delivery(msn, payload, body)
-        text = body.decode("utf-8", errors="replace")
+        text = storable_text(body)
         encrypted = delivery.event_type == CHECKED_IN
         event = NewInboxEvent(
             dedup_key=dedup_key(msn, delivery.event_type, payload, body),
@@ -280,7 +321,7 @@ class WebhookIntake:
             disposition=delivery.disposition,
             outcome=delivery.outcome,
             last_error=(
-                "payload not understood (kept for inspection)"
+                delivery.problem or "payload not understood (kept for inspection)"
                 if delivery.disposition == "failed"
                 else None
             ),
@@ -495,11 +536,18 @@ class Delivery:
     event_time: datetime | None
     disposition: Disposition
     outcome: str | None
+    problem: str | None = None  # why a delivery filed ``failed`` cannot be processed
 
 
 def read_delivery(msn: str, payload: Any, body: bytes) -> Delivery:
-    """Classify a verified delivery. Vipps sends no event-type header: the payload says it."""
+    """Classify a verified delivery. Vipps sends no event-type header: the payload says it.
+
+    One that cannot be processed (see :func:`unprocessable_reason`) is filed ``failed`` as
+    type ``unknown``, so nothing of it reaches a column that cannot hold it."""
     event_type, reference = classify(payload)
+    problem = unprocessable_reason(event_type, reference, payload)
+    if problem is not None:
+        return Delivery("unknown", None, None, None, "failed", None, problem)
     if not isinstance(payload, dict) or event_type == "unknown":
         return Delivery(event_type, None, None, None, "failed", None)
     event_time = _parse_time(payload.get("initiatedAt") or payload.get("timestamp"))

@@ -23,6 +23,7 @@ from app import repository as repo
 from app.crypto import new_api_key
 from app.domain.statuses import ClubPolicy, QrStatus, TillStatus
 from app.models import Store, Till
+from app.notifications import ALL_SUBJECTS, till_key_subject
 from app.service.audit import GENESIS, append_audit
 from app.service.context import ServiceContext, unit_of_work
 from app.service.errors import (
@@ -116,20 +117,23 @@ class TillService:
         self.keys = keys
         # key id -> (monotonic expiry, credential or None for an unknown key id)
         self._credentials: dict[str, tuple[float, TillCredential | None]] = {}
-        ctx.hub.on_revoked.append(self.forget_credentials)
+        self._revocations = 0  # revocations heard so far: a read older than one is not cached
+        ctx.hub.on_revocation(self._forget_revoked)
 
-    async def credential(self, key_id: str) -> TillCredential | None:
+    async def credential(self, key_id: str, *, fresh: bool = False) -> TillCredential | None:
         """The till holding API key ``key_id``, cached for ``till_auth_cache_seconds``.
 
         A rotation or deactivation anywhere reaches every replica's cache at once
-        (``ChangeHub.revoked``, over LISTEN/NOTIFY); the expiry bounds how long a cached key
-        could outlive a revocation whose notification was lost with the listening connection
-        (which also clears the cache when it reconnects).
+        (``ChangeHub.revoke``, over LISTEN/NOTIFY), and a read that was under way when a
+        revocation arrived is not cached. The expiry bounds how long a cached key could outlive
+        a revocation whose notification was lost with the listening connection (which also
+        clears the cache when it reconnects). ``fresh`` asks the database regardless.
         """
         now = time.monotonic()
         cached = self._credentials.get(key_id)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and not fresh:
             return cached[1]
+        revocations = self._revocations
         async with self.ctx.sessions() as session:
             till = await repo.get_till_by_key_id(session, key_id)
         credential = (
@@ -146,16 +150,19 @@ class TillService:
         )
         if len(self._credentials) > 100_000:  # a flood of guesses: start over
             self._credentials.clear()
-        self._credentials[key_id] = (now + lifetime, credential)
+        if revocations == self._revocations:  # a revocation meanwhile may concern this read
+            self._credentials[key_id] = (now + lifetime, credential)
         return credential
 
-    def forget_credentials(self, till_id: str | None) -> None:
-        """Drop the cached credentials of ``till_id`` (``None``: of every till)."""
-        if till_id is None:
+    def _forget_revoked(self, subject: str) -> None:
+        """A revocation heard (here or from another replica): drop that key's cached credential
+        (:data:`ALL_SUBJECTS`: every one)."""
+        self._revocations += 1
+        if subject == ALL_SUBJECTS:
             self._credentials.clear()
             return
-        for key_id, (_, credential) in list(self._credentials.items()):
-            if credential is not None and credential.till_id == till_id:
+        for key_id in list(self._credentials):
+            if till_key_subject(key_id) == subject:
                 del self._credentials[key_id]
 
     async def upsert_store(
@@ -365,7 +372,8 @@ class TillService:
                 raise TillNotFound(till_id)
             till.status = TillStatus.INACTIVE
             till.updated_at = self.ctx.clock()
-            await work.revoke(till_id)
+            # Its key may now only read and cancel (docs/integration.md): end what it holds open.
+            await work.revoke(till_key_subject(till.api_key_id))
             await append_audit(
                 work.session,
                 at=self.ctx.clock(),
@@ -387,9 +395,10 @@ class TillService:
             till = await repo.lock_till(work.session, till_id)
             if till is None:
                 raise TillNotFound(till_id)
+            # The old key stops working at once, on every replica (streams and long-polls too).
+            await work.revoke(till_key_subject(till.api_key_id))
             till.api_key_id, till.api_key_hash = key_id, key_hash
             till.updated_at = self.ctx.clock()
-            await work.revoke(till_id)
             await append_audit(
                 work.session,
                 at=self.ctx.clock(),

@@ -76,7 +76,13 @@ async def post_signed_webhook(
     secret: str | None = None,
 ) -> httpx.Response:
     """Deliver ``payload`` the way Vipps does: HMAC over the registered URL's path and host."""
-    body = orjson.dumps(payload)
+    return await post_signed_body(stack, orjson.dumps(payload), msn=msn, secret=secret)
+
+
+async def post_signed_body(
+    stack: Stack, body: bytes, *, msn: str = MSN, secret: str | None = None
+) -> httpx.Response:
+    """Deliver raw ``body`` bytes, correctly signed (bodies no JSON library would write)."""
     headers = sign_webhook(
         secret or await registration_secret(stack, msn),
         path_and_query=f"/webhooks/vipps/{msn}",
@@ -193,6 +199,9 @@ class SseEvent:
 class SseStream:
     events: asyncio.Queue[SseEvent] = field(default_factory=asyncio.Queue)
     status: int | None = None
+    # Set when the server ended the response (the stream closed from its side).
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    comments: list[str] = field(default_factory=list)  # e.g. "keep-alive"
     _buffer: str = ""
 
     def feed(self, chunk: bytes) -> None:
@@ -201,6 +210,8 @@ class SseStream:
             block, self._buffer = self._buffer.split("\n\n", 1)
             fields: dict[str, str] = {}
             for line in block.split("\n"):
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
                 if not line or line.startswith(":"):
                     continue
                 name, _, value = line.partition(":")
@@ -252,6 +263,8 @@ async def sse(
             started.set()
         elif message["type"] == "http.response.body":
             stream.feed(message.get("body", b""))
+            if not message.get("more_body", False):
+                stream.ended.set()
 
     raw_headers = [(b"host", WEBHOOK_HOST.encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]

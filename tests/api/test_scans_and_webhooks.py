@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 
 from app.vipps.signature import format_ms_date, sign_webhook
 from tests.api.support import (
@@ -20,6 +21,7 @@ from tests.api.support import (
     iso,
     ledger,
     payment_sent,
+    post_signed_body,
     post_signed_webhook,
     registration_secret,
     row_counts,
@@ -234,3 +236,60 @@ async def test_a_duplicate_webhook_is_acknowledged_and_not_processed_again(
             "userApprove": 1,
             "capturePayment": 1,
         }
+
+
+# Signed (so verified) deliveries whose text a database cannot hold or whose fields are longer
+# than their columns. Each gave a 500 and wrote nothing (issue 18, item 6).
+_PAYMENT = '"msn":"123456","pspReference":"p-1","amount":{"currency":"NOK","value":100}'
+HOSTILE_DELIVERIES = {
+    "nul in reference": b'{"name":"AUTHORIZED","reference":"ref\\u0000x",'
+    + _PAYMENT.encode()
+    + b"}",
+    "event name of 200 characters": b'{"name":"'
+    + b"A" * 200
+    + b'","reference":"ref-200",'
+    + _PAYMENT.encode()
+    + b"}",
+    "reference of 100 characters": b'{"name":"AUTHORIZED","reference":"'
+    + b"r" * 100
+    + b'",'
+    + _PAYMENT.encode()
+    + b"}",
+    "lone surrogate in reference": b'{"name":"AUTHORIZED","reference":"\\ud800",'
+    + _PAYMENT.encode()
+    + b"}",
+    "nul in a check-in": b'{"customerToken":"tok","merchantQrId":"qr\\u0000","msn":"123456"}',
+    "raw nul byte and bytes that are not utf-8": b'{"name":"AUTHORIZED","reference":"a\x00\xff"}',
+    "nesting deeper than the parser goes": b"[" * 60_000,
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_DELIVERIES))
+async def test_a_verified_delivery_the_database_cannot_hold_is_stored_failed_and_acknowledged(
+    database_url: str, case: str
+) -> None:
+    async with checked_stack(database_url) as stack:
+        await stack.ensure_webhook()
+        body = HOSTILE_DELIVERIES[case]
+        response = await post_signed_body(stack, body)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"status": "accepted"}
+        rows = await fetch(
+            stack, "SELECT event_type, reference, status, body, last_error FROM webhook_inbox"
+        )
+        assert len(rows) == 1
+        row = rows[0]
+        assert row["status"] == "FAILED"
+        assert row["event_type"] == "unknown"
+        assert row["reference"] is None
+        assert row["last_error"]
+        # The raw delivery is kept for inspection (what text can hold of it).
+        assert row["body"] == body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        listed = await stack.service.get(
+            "/api/v1/inbox", params={"status": "FAILED"}, headers=stack.admin
+        )
+        assert [r["eventType"] for r in listed.json()] == ["unknown"]
+        # The same delivery again is a duplicate, not a second row.
+        again = await post_signed_body(stack, body)
+        assert again.json() == {"status": "duplicate"}
+        assert await count_rows(stack, "webhook_inbox") == 1

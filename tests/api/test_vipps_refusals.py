@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.simulator import SalesUnit, approved
 from app.domain.call_budget import recorded_calls, with_call
+from app.simulator import SalesUnit, approved
 from tests.api.support import checked_stack, ledger, sale
 from tests.support.stack import Stack, simulator_config
 

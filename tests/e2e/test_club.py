@@ -13,10 +13,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select, update
 
-from app.models import Checkout
+from app.crypto import SecretBox
+from app.models import Checkout, Member
 from app.observability.pii import find_pii
+from app.service.key_rotation import KeyRotation
 from tests.support.stack import Stack, in_process_stack, simulator_config
 
 OLA = "4712345678"  # simulator test users
@@ -149,12 +152,14 @@ async def impatient_club(
 
 
 @asynccontextmanager
-async def _club_stack(database_url: str, **settings: Any) -> AsyncIterator[ClubRun]:
+async def _club_stack(
+    database_url: str, till_id: str = "till-1", **settings: Any
+) -> AsyncIterator[ClubRun]:
     # Logins answer within a second in tests; Vipps's default interval is 5 s.
     config = simulator_config(ciba_interval_seconds=1)
     async with in_process_stack(database_url, sim_config=config, **settings) as stack:
         await stack.ensure_webhook()
-        yield ClubRun(stack, await stack.register_till(store_id="club-store"))
+        yield ClubRun(stack, await stack.register_till(till_id, store_id="club-store"))
 
 
 # ---- identification ---------------------------------------------------------------------------
@@ -455,3 +460,46 @@ async def test_an_open_login_to_the_same_customer_is_not_waited_out(club: ClubRu
     assert "another login to this customer is still open" in paid["member"]["note"]
     ours = (await club.stack.sim.get("/_sim/ledger?operation=cibaAuthentication")).json()
     assert [(c["msn"], c["status"]) for c in ours] == [("654321", 200), ("123456", 429)]
+
+
+# ---- encryption-key rotation ------------------------------------------------------------------
+
+OLD_KEY = "0S9uG8rK4Jmy0-yb7gGi5XJjKb6Y6zUJrPz3DgH5zC4="
+NEW_KEY = "q2Rk8rbN9Y7l1QkzJwXq1e3bKx6m4a0vC8dT5fH2sUg="
+
+
+async def test_a_member_from_before_an_encryption_key_rotation_is_found_and_not_added_twice(
+    database_url: str, no_personal_data_in_logs: list[str]
+) -> None:
+    """Rotation as documented, ``ENCRYPTION_KEY="NEW,OLD"``: a member enrolled under OLD came
+    back ``not_member`` and the same number could register a second time (issue 18, item 4)."""
+    async with _club_stack(database_url, security={"encryption_key": OLD_KEY}) as before:
+        await before.store("lookup")
+        member_id = await before.add_member(OLA, "Ola Nordmann")
+    async with _club_stack(
+        database_url, "till-2", security={"encryption_key": f"{NEW_KEY},{OLD_KEY}"}
+    ) as after:
+        again = await after.stack.service.post(
+            "/api/v1/members", json={"phoneNumber": OLA, "name": "Ola"}, headers=after.stack.admin
+        )
+        assert again.status_code == 200, again.text  # already a member: nothing stored
+        assert again.json()["id"] == member_id
+        checkout = await after.sale(OLA)
+        found = await after.wait_outcome(checkout["id"], "member", "not_member")
+        no_personal_data_in_logs.extend(after.customer_tokens)
+        assert found["member"]["outcome"] == "member"
+        assert found["member"]["id"] == member_id
+        ctx = after.stack.app.state.services.ctx
+        async with ctx.sessions() as session:
+            rows = (await session.scalars(select(Member))).all()
+        assert len(rows) == 1
+        # Found under OLD's hash, the member was moved to NEW's on the way.
+        assert rows[0].phone_hash == SecretBox(SecretStr(NEW_KEY)).lookup_hash(OLA)
+        # The documented last step before OLD is dropped.
+        report = await KeyRotation(ctx).run()
+        assert report.clean, report
+    async with _club_stack(database_url, "till-3", security={"encryption_key": NEW_KEY}) as later:
+        checkout = await later.sale(OLA)
+        found = await later.wait_outcome(checkout["id"], "member", "not_member")
+        no_personal_data_in_logs.extend(later.customer_tokens)
+        assert found["member"]["id"] == member_id

@@ -59,6 +59,10 @@ def service_environment(
             "VIPPS_POS_VIPPS__DEFAULT_MSN": "123456",
             "VIPPS_POS_WEBHOOKS__PUBLIC_URL": public_url,
             "VIPPS_POS_SECURITY__ADMIN_API_KEY": ADMIN_KEY,
+            # Tests make many deliberate 401s from one address and poll with the admin key far
+            # faster than an operator; the throttling tests set their own limits.
+            "VIPPS_POS_SECURITY__AUTH_FAILURES_PER_SOURCE": "10000",
+            "VIPPS_POS_SECURITY__ADMIN_RATE_LIMIT_PER_MINUTE": "100000",
             "VIPPS_POS_WORKERS__OUTBOX_POLL_INTERVAL_SECONDS": "0.1",
             "VIPPS_POS_WORKERS__RECONCILE_INTERVAL_SECONDS": "0.5",
             "VIPPS_POS_WORKERS__RECONCILE_FIRST_POLL_SECONDS": "2",

@@ -60,7 +60,13 @@ def service_settings(database_url: str, **overrides: Any) -> Settings:
             "default_msn": "123456",
         },
         "webhooks": {"public_url": f"{SERVICE_URL}/webhooks/vipps"},
-        "security": {"admin_api_key": ADMIN_KEY},
+        # Tests make many deliberate 401s from one address and poll with the admin key far
+        # faster than an operator; the throttling tests set their own limits.
+        "security": {
+            "admin_api_key": ADMIN_KEY,
+            "auth_failures_per_source": 10_000,
+            "admin_rate_limit_per_minute": 100_000,
+        },
         "workers": {
             "outbox_poll_interval_seconds": 0.05,
             "reconcile_interval_seconds": 0.2,
@@ -288,23 +294,45 @@ async def in_process_stack(
     sim_config: SimulatorConfig | None = None,
     **settings_overrides: Any,
 ) -> AsyncIterator[Stack]:
+    async with in_process_replicas(
+        database_url, 1, sim_config=sim_config, **settings_overrides
+    ) as (stack,):
+        yield stack
+
+
+@asynccontextmanager
+async def in_process_replicas(
+    database_url: str,
+    count: int,
+    *,
+    sim_config: SimulatorConfig | None = None,
+    **settings_overrides: Any,
+) -> AsyncIterator[tuple[Stack, ...]]:
+    """``count`` service apps on one database — each with its own LISTEN connection, workers,
+    caches and throttle, as separate processes would have — and one simulator, which delivers
+    webhooks to the first. ``stacks[i].service`` talks to replica ``i``."""
     settings = service_settings(database_url, **settings_overrides)
     config = sim_config or simulator_config()
-    service_app: FastAPI
     sim_app = create_simulator_app(config)
     simulator: Simulator = sim_app.state.simulator
-    service_app = create_app(settings, vipps_transport=httpx.ASGITransport(app=sim_app))
-    replica = Replica(service_app, "service")
-    # Deliveries from the simulator go straight into the service app (while it runs).
-    simulator.webhooks.set_transport(replica.transport)
+    apps = [
+        create_app(settings, vipps_transport=httpx.ASGITransport(app=sim_app)) for _ in range(count)
+    ]
+    replicas = [Replica(app, f"replica-{n}") for n, app in enumerate(apps)]
+    # Deliveries from the simulator go straight into the first app (while it runs).
+    simulator.webhooks.set_transport(replicas[0].transport)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(sim_app.router.lifespan_context(sim_app))
-        await replica.start()
-        stack.push_async_callback(replica.stop)
-        service = await stack.enter_async_context(
-            httpx.AsyncClient(transport=replica.transport, base_url=SERVICE_URL)
-        )
+        for replica in replicas:
+            await replica.start()
+            stack.push_async_callback(replica.stop)
         sim = await stack.enter_async_context(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=sim_app), base_url=SIM_URL)
         )
-        yield Stack(service=service, sim=sim, simulator=simulator, app=service_app)
+        stacks = []
+        for replica in replicas:
+            service = await stack.enter_async_context(
+                httpx.AsyncClient(transport=replica.transport, base_url=SERVICE_URL)
+            )
+            stacks.append(Stack(service=service, sim=sim, simulator=simulator, app=replica.app))
+        yield tuple(stacks)
