@@ -175,7 +175,7 @@ def vipps_errors_as_problems(call: Callable[P, Awaitable[R]]) -> Callable[P, Awa
                     "the Vipps credentials do not cover this sales unit (MSN)"
                 ) from exc
             raise VippsKeysRefused(
-                "Vipps refused our API keys for this sales unit (HTTP "
+                "Vipps refused our API keys (credentials) for this sales unit (HTTP "
                 f"{exc.status}): rotate them (`vipps-pos keys rotate <msn>`) or fix the "
                 "configured keys (VIPPS_POS_VIPPS__...)",
                 vippsStatus=exc.status,

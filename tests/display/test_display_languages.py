@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,10 +13,10 @@ from playwright.async_api import Browser, expect
 
 from app.api.display import negotiate_language
 from app.devstack import BackgroundServer
-from app.simulator import SimulatorConfig
+from app.simulator import approved
 from app.simulator.config import DEFAULT_SALES_UNITS, CredentialSet, SalesUnit
 from tests.display.test_display_browser import STEP_TIMEOUT_MS, Till, shows
-from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator
+from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator, live_simulator_config
 
 pytestmark = pytest.mark.e2e
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -25,13 +26,37 @@ MSN = {"NOK": "123456", "DKK": "654321", "EUR": "135790"}
 @pytest.fixture
 def simulator() -> Iterator[BackgroundServer]:
     """The default sales units (NOK, DKK) and a Finnish one selling in EUR."""
-    config = SimulatorConfig(
-        strict=True,
-        credential_sets=(CredentialSet(msns=tuple(MSN.values())),),
-        sales_units=(*DEFAULT_SALES_UNITS, SalesUnit(MSN["EUR"], "EUR", "Simulated store Turku")),
+    units = (*DEFAULT_SALES_UNITS, SalesUnit(MSN["EUR"], "EUR", "Simulated store Turku"))
+    # Partner keys reach all three sales units (the service is told so in ``service``).
+    partner = CredentialSet(
+        "sim-partner-client-id",
+        "sim-partner-client-secret",
+        ("sim-partner-subscription-key",),
+        msns=tuple(MSN.values()),
+        kind="partner",
+    )
+    config = live_simulator_config(
+        credential_sets=(partner,), sales_units=tuple(approved(unit) for unit in units)
     )
     with live_simulator(config) as server:
         yield server
+
+
+@pytest.fixture
+def service(pg_url: str, simulator: BackgroundServer, tmp_path: Path) -> Iterator[ServiceProcess]:
+    partner_keys = {
+        "VIPPS_POS_VIPPS__PARTNER_KEYS": "true",
+        "VIPPS_POS_VIPPS__CLIENT_ID": "sim-partner-client-id",
+        "VIPPS_POS_VIPPS__CLIENT_SECRET": "sim-partner-client-secret",
+        "VIPPS_POS_VIPPS__SUBSCRIPTION_KEY": "sim-partner-subscription-key",
+    }
+    process = ServiceProcess(
+        pg_url, simulator.url, tmp_path / "logs", name="display", extra_env=partner_keys
+    ).start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 @dataclass(frozen=True)
