@@ -95,6 +95,8 @@ PROBLEM_CODES: Final[dict[str, tuple[int, str]]] = {
     "idempotency_key_reused": (409, "The same Idempotency-Key came with a different body."),
     "till_inactive": (409, "The till is deactivated."),
     "till_exists": (409, "A till with this id exists."),
+    "admin_key_exists": (409, "An active admin key has this name."),
+    "admin_key_not_found": (404, "No such active admin key."),
     "checkin_webhook_taken": (
         409,
         "Another webhook registration at Vipps holds `user.checked-in.v1` for this MSN.",

@@ -50,7 +50,10 @@ def guarded_protocol(settings: ServerSettings) -> type[asyncio.Protocol]:
 
         def data_received(self, data: bytes) -> None:
             if self._awaiting_head():
-                self._head_bytes += len(data)
+                # Only what precedes the end of the headers is head: a body that arrives in the
+                # same read (a large request sent at once) is the parser's to judge (413).
+                end = data.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else end + 4
                 if self._head_bytes > max_head:
                     log.warning("server.request_head_too_large", client=_client(self))
                     self.transport.close()

@@ -132,3 +132,22 @@ async def test_a_long_response_outlives_the_request_deadline(
             )
             assert sale.status_code == 201, sale.text
             assert await asyncio.wait_for(next_event(), PATIENCE) == "checkout.created"
+
+
+def test_a_large_body_sent_with_its_headers_is_answered_not_cut(
+    strict_service: ServiceProcess,
+) -> None:
+    """The head limit counts the headers only: a body far over it that arrives in the same read
+    as the headers gets an HTTP answer (here a problem for the request), not a reset."""
+    body = b'{"locationDescription": "' + b"x" * 20_000 + b'"}'
+    head = (
+        f"PATCH /api/v1/tills/no-such-till HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with contextlib.closing(_connect(strict_service)) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:200]

@@ -1,11 +1,13 @@
 """Every metric family renders with its labels, and 100,000 tills do not explode the series."""
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.observability import metrics as metrics_module
 from app.observability.metrics import OTHER, Metrics, QueueStats
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -241,6 +243,8 @@ def test_webhook_lag_counts_clock_skew_as_zero_and_requires_aware_datetimes():
 
 
 def test_store_label_is_capped_and_overflow_is_logged_once(caplog):
+    # Whatever level an earlier test (the CLI's, say) left the root logger at: warnings here.
+    caplog.set_level(logging.WARNING, logger=metrics_module._log.name)
     metrics = Metrics(max_stores=2, process_metrics=False)
     for store in ("a", "b", "c", "d", "a"):
         metrics.count_checkout_finished(store=store, state="paid")
