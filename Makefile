@@ -12,7 +12,7 @@ CONSTRAINTS := constraints.txt
 ANY_STAMP = $(if $(wildcard $(STAMP)),$(STAMP),$(PROD_STAMP))
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-prod demo serve migrate lock test test-fast lint fmt typecheck check bench soak clean
+.PHONY: help install install-prod demo serve migrate lock test coverage test-plain mutate lint fmt typecheck check bench soak clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,16 +46,31 @@ lock: $(STAMP) ## Re-resolve constraints.txt: every pin to the newest pyproject.
 	$(BIN)/pip-compile --quiet --upgrade --extra dev --strip-extras --no-emit-index-url \
 		--no-emit-find-links --output-file $(CONSTRAINTS) pyproject.toml
 
-test: $(STAMP) ## Run the test suite (needs Postgres on 127.0.0.1:5432, see README)
+COVERAGE_DIR := test-artifacts/coverage
+
+test: coverage ## Run the test suite under coverage and check its floors (needs Postgres, see README)
+
+coverage: $(STAMP) ## The suite under coverage (serve subprocesses too): HTML + JSON report, floors
+	rm -rf $(COVERAGE_DIR)
+	$(BIN)/coverage run -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage html -q
+	$(BIN)/coverage json -q
+	$(BIN)/python tools/coverage_floor.py $(COVERAGE_DIR)/coverage.json
+
+test-plain: $(STAMP) ## The test suite without coverage
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+mutate: $(STAMP) ## Mutation testing of the money-deciding code (about an hour; docs/mutation.md)
+	$(BIN)/python tools/mutate.py --jobs 2 --out test-artifacts/mutation/results.json
+
 lint: $(STAMP) ## ruff check + ruff format --check
-	$(BIN)/ruff check app tests alembic benchmarks
-	$(BIN)/ruff format --check app tests alembic benchmarks
+	$(BIN)/ruff check app tests alembic benchmarks tools
+	$(BIN)/ruff format --check app tests alembic benchmarks tools
 
 fmt: $(STAMP) ## Format and autofix
-	$(BIN)/ruff format app tests alembic benchmarks
-	$(BIN)/ruff check --fix app tests alembic benchmarks
+	$(BIN)/ruff format app tests alembic benchmarks tools
+	$(BIN)/ruff check --fix app tests alembic benchmarks tools
 
 typecheck: $(STAMP) ## mypy --strict on app/
 	$(BIN)/mypy app
@@ -69,4 +84,4 @@ soak: $(STAMP) ## The long reliability run (docs/RELIABILITY.md)
 	VIPPS_POS_SOAK=1 $(BIN)/python -m pytest -q -m soak tests/reliability
 
 clean: ## Remove the virtualenv and local state
-	rm -rf $(VENV) var/*.db .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var/*.db .pytest_cache .mypy_cache .ruff_cache test-artifacts/coverage test-artifacts/mutation

@@ -62,6 +62,9 @@ class Latest:
     version: int
     checkout: CheckoutRecord | None = None
     unfinished: Sequence[PendingCommand] | None = None
+    # The till's revision after the save that made it: orders two saves of one version (a Vipps
+    # call finished without a visible change still changes what is in flight).
+    revision: int = 0
 
 
 def _setter(event: asyncio.Event) -> Any:
@@ -152,17 +155,15 @@ class ChangeHub:
         version: int | None,
         checkout: CheckoutRecord | None = None,
         unfinished: Sequence[PendingCommand] | None = None,
+        revision: int = 0,
     ) -> None:
-        """A change committed: remember the newest version (and the checkout, when given) and
-        wake the till's and the checkout's waiters. An older version never replaces a newer."""
+        """A change committed: remember the newest (version, till revision) of the checkout —
+        with the checkout as saved, when given — and wake the till's and the checkout's waiters.
+        An older change never replaces a newer one."""
         if checkout_id is not None and version is not None:
             known = self._latest.get(checkout_id)
-            if (
-                known is None
-                or version > known.version
-                or (version == known.version and known.checkout is None and checkout is not None)
-            ):
-                self._latest[checkout_id] = Latest(version, checkout, unfinished)
+            if known is None or (version, revision) > (known.version, known.revision):
+                self._latest[checkout_id] = Latest(version, checkout, unfinished, revision)
                 self._latest.move_to_end(checkout_id)
                 while len(self._latest) > LATEST_KEPT:
                     self._latest.popitem(last=False)
@@ -181,10 +182,16 @@ class ChangeHub:
 
     @staticmethod
     def payload(
-        till_id: str, checkout_id: str | None, version: int | None = None, origin: str = "-"
+        till_id: str,
+        checkout_id: str | None,
+        version: int | None = None,
+        origin: str = "-",
+        revision: int = 0,
     ) -> str:
-        """``"<till> <checkout|-> <version|-> <origin>"``: what a change tells other replicas."""
-        return f"{till_id} {checkout_id or '-'} {version if version is not None else '-'} {origin}"
+        """``"<till> <checkout|-> <version|-> <origin> <till revision>"``: what a change tells
+        other replicas."""
+        shown = version if version is not None else "-"
+        return f"{till_id} {checkout_id or '-'} {shown} {origin} {revision}"
 
     # ---- revocations ----------------------------------------------------------------------
 
@@ -238,7 +245,8 @@ class ChangeHub:
         till_id = parts[0]
         checkout_id = parts[1] if len(parts) > 1 and parts[1] not in ("", "-") else None
         version = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
-        self.publish(till_id, checkout_id, version)
+        revision = int(parts[4]) if len(parts) > 4 and parts[4].isdigit() else 0
+        self.publish(till_id, checkout_id, version, revision=revision)
 
     async def start_listening(self, database_url: str) -> None:
         """Listen for other replicas' changes (Postgres only); reconnects until stopped."""

@@ -182,7 +182,24 @@ class DisplaySessionOut(ApiModel):
     )
 
 
+_LINE_EXAMPLE: dict[str, Any] = {"name": "Socks", "quantity": "2", "unit": "PCS", "total": 10000}
+_VIEW_EXAMPLE: dict[str, Any] = {
+    "checkoutId": "3f0c2a4e-5b7d-4c1e-9a8f-2d6b1e0c7a93",
+    "state": "PAYMENT_REQUESTED",
+    "status": "approve",
+    "final": False,
+    "amount": {"value": 10000, "currency": "NOK"},
+    "description": "Kiwi Storo",
+    "lines": [_LINE_EXAMPLE],
+    "tip": None,
+    "holdSeconds": 0,
+}
+
+
 class DisplayLine(ApiModel):
+    # (the rest of the config is ApiModel's)
+    model_config = ConfigDict(json_schema_extra={"examples": [_LINE_EXAMPLE]})
+
     name: str
     quantity: str | None
     unit: str | None
@@ -191,6 +208,8 @@ class DisplayLine(ApiModel):
 
 class DisplayView(ApiModel):
     """What the customer may see of a checkout."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_VIEW_EXAMPLE]})
 
     checkout_id: str
     state: str
@@ -234,6 +253,12 @@ class DisplayView(ApiModel):
 
 class DisplayMessage(ApiModel):
     """One SSE message of the display stream (``data:``); its ``id:`` is ``changeId``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"changeId": 41, "kind": "checkout.updated", "view": _VIEW_EXAMPLE}]
+        }
+    )
 
     change_id: int
     kind: str = Field(description="snapshot | checkout.created | checkout.updated | scan.*")

@@ -265,18 +265,19 @@ WHERE o.id = due.id
 {_COMMAND_RETURNING}
 """
 FINISH_COMMAND = f"""
-UPDATE outbox SET status = $2, last_error = $3, result = $4,
-       next_attempt_at = coalesce($5, next_attempt_at), outcome_unknown = outcome_unknown OR $6,
-       lease_until = NULL, updated_at = $7,
-       completed_at = CASE WHEN $2 IN ('{OutboxStatus.DONE.value}', '{OutboxStatus.FAILED.value}')
+UPDATE outbox SET status = $2::text, last_error = $3::text, result = $4::jsonb,
+       next_attempt_at = coalesce($5::timestamptz, next_attempt_at),
+       outcome_unknown = outcome_unknown OR $6::bool, lease_until = NULL, updated_at = $7,
+       completed_at = CASE WHEN $2::text IN ('{OutboxStatus.DONE.value}',
+                                             '{OutboxStatus.FAILED.value}')
                            THEN $7::timestamptz END
 WHERE id = $1 AND status IN {UNFINISHED_SQL}
 """
 SCHEDULE_POLL = f"""
 UPDATE checkouts SET poll_count = poll_count + 1,
-       next_poll_at = $2::timestamptz + make_interval(secs => CASE WHEN poll_count >= $4
-                                                                   THEN greatest($3, $5)
-                                                                   ELSE $3 END)
+       next_poll_at = $2::timestamptz + make_interval(
+           secs => CASE WHEN poll_count >= $4::int THEN greatest($3::float8, $5::float8)
+                        ELSE $3::float8 END)
 WHERE id = $1 AND state IN {ACTIVE_SQL}
 """
 
@@ -630,7 +631,9 @@ class PostgresStore:
             else "NULL",
         ]
         for announced, version in write.announce:
-            notice = ChangeHub.payload(write.till_id, announced, version, self._origin)
+            notice = ChangeHub.payload(
+                write.till_id, announced, version, self._origin, write.expected_revision + 1
+            )
             selects.append(f"pg_notify({sql.arg(CHANNEL, 'text')}, {sql.arg(notice, 'text')})")
         text = "WITH " + ",\n".join(sql.ctes) + "\nSELECT " + ", ".join(selects) + " FROM guard"
         try:

@@ -540,8 +540,11 @@ class CheckoutService:
                 )
         hub = self.ctx.hub
         if draft.touched:
+            revision = write.expected_revision + 1
             for checkout, pending in draft.touched.values():
-                hub.publish(checkout.till_id, checkout.id, checkout.version, checkout, pending)
+                hub.publish(
+                    checkout.till_id, checkout.id, checkout.version, checkout, pending, revision
+                )
         else:
             hub.publish(write.till_id, None, None)
         if dispatch and self.ctx.dispatch_soon is not None:
@@ -699,6 +702,9 @@ class CheckoutService:
                 and not draft.write.updated
             ):
                 draft.write.updated = checkout  # the rate-limit stamp alone: not a new version
+            # Waiters on what is in flight (a till's cancel, capture or refund) learn that this
+            # call is over, whether or not it changed anything they can see.
+            draft.touched.setdefault(checkout.id, (checkout, still))
             draft.write.command = outcome
             await self._save(draft)
             return True
@@ -1237,7 +1243,7 @@ class CheckoutService:
                 log.info(
                     "reconciler.repaired",
                     checkout_id=checkout_id,
-                    event=event.kind.value,
+                    trigger=event.kind.value,
                     to_state=decision.state.value,
                 )
         return changed

@@ -326,7 +326,7 @@ class OutboxWorker:
                 checkout = await self.checkouts.get(None, command.checkout_id)
                 result: Result = await self.club.identify(command, checkout)
                 return result
-            case _:
+            case _:  # pragma: no cover (every CommandKind has its case above)
                 raise AssertionError(f"unhandled command {kind}")
 
     async def _payment(self, command: CommandRecord) -> PaymentDetails | None:

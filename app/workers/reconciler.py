@@ -88,6 +88,9 @@ class Reconciler:
 
         results = await asyncio.gather(*(bounded_poll(c) for c in due), return_exceptions=True)
         repaired += sum(1 for r in results if r is True)
+        for checkout_id, result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):  # one poll's failure must not stop the others
+                log.error("reconciler.poll_error", checkout_id=checkout_id, exc_info=result)
         if expired_checkins:
             log.info("reconciler.checkins_expired", count=expired_checkins)
         return repaired

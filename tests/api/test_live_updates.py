@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from tests.api.support import checked_stack, drain, effective_calls, payment_sent, sse
+from tests.support.waiting import eventually
 
 
 async def test_long_poll_returns_on_change_and_times_out_otherwise(database_url: str) -> None:
@@ -25,7 +26,8 @@ async def test_long_poll_returns_on_change_and_times_out_otherwise(database_url:
 
         params = {"wait": 20, "version": checkout["version"]}
         waiting = asyncio.create_task(stack.service.get(path, params=params, headers=headers))
-        await asyncio.sleep(0.2)
+        assert stack.replica is not None
+        await eventually(lambda: stack.replica.inflight, "the long poll to be inside the service")
         assert not waiting.done()
         started = time.monotonic()
         await stack.scan(till)

@@ -477,6 +477,19 @@ def test_tip_is_part_of_the_amount() -> None:
     assert _errors(check) == {("amount", "receipt_total_mismatch")}
 
 
+def test_the_sum_rule_holds_for_a_receipt_without_a_bottom_line() -> None:
+    # bottomLine is optional: without it there is no tip, and the lines alone make the amount.
+    half = _line(
+        totalAmount=5000,
+        totalAmountExcludingTax=4000,
+        totalTaxAmount=1000,
+        unitInfo={"unitPrice": 5000, "quantity": "1"},
+    )
+    assert _check({"orderLines": [half]}, amount=5000).ok
+    check = _check({"orderLines": [half]}, amount=10000)
+    assert _errors(check) == {("amount", "receipt_total_mismatch")}
+
+
 def test_sum_is_not_checked_when_a_line_total_is_unusable() -> None:
     # Only the bad line is reported, not a consequential sum mismatch.
     receipt = _receipt(_line(), _line(id="sku-2", totalAmount="100"))
@@ -903,3 +916,61 @@ def test_junk_never_raises(amount: Any, currency: Any, receipt: Any, description
     assert all(isinstance(p.message, str) and p.field for p in check.errors + check.warnings)
     if isinstance(receipt, dict):
         normalize_receipt(receipt, currency="NOK", pos_id="till-1")
+
+
+# --------------------------------------------------------------------------------------------
+# Boundaries the mutation tests found untested (docs/mutation.md)
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_integer_may_be_as_large_as_int64_and_no_larger() -> None:
+    largest = _line_check(unitInfo={"unitPrice": 2**63 - 1, "quantity": "1"})
+    assert (f"{L0}.unitInfo.unitPrice", "out_of_range") not in _errors(largest)
+    beyond = _line_check(unitInfo={"unitPrice": 2**63, "quantity": "1"})
+    assert (f"{L0}.unitInfo.unitPrice", "out_of_range") in _errors(beyond)
+
+
+def test_tax_one_minor_unit_off_is_rounding_and_two_off_is_flagged() -> None:
+    def tax_warning(tax: int) -> bool:
+        check = _line_check(totalAmount=8000 + tax, totalTaxAmount=tax)
+        return (f"{L0}.totalTaxAmount", "tax_rate_mismatch") in _warnings(check)
+
+    assert not tax_warning(2001)
+    assert tax_warning(2002)
+
+
+def test_a_returned_line_with_an_unusable_total_is_reported_not_summed() -> None:
+    check = _check(_receipt(_line(isReturn=True, totalAmount="100")), amount=10000)
+    assert _errors(check) == {(f"{L0}.totalAmount", "invalid_type")}
+
+
+def test_a_line_whose_return_flag_is_unusable_is_left_out_of_the_sum() -> None:
+    check = _check(_receipt(_line(isReturn="yes")), amount=5000)
+    assert _errors(check) == {(f"{L0}.isReturn", "invalid_type")}
+
+
+def test_without_a_known_currency_an_amount_must_still_be_at_least_one() -> None:
+    assert ("amount", "amount_too_small") in _errors(_check(amount=0, currency="SEK"))
+    assert ("amount", "amount_too_small") not in _errors(_check(amount=1, currency="SEK"))
+
+
+def test_a_tax_free_line_is_not_flagged() -> None:
+    check = _line_check(
+        totalAmount=8000,
+        totalAmountExcludingTax=8000,
+        totalTaxAmount=0,
+        taxRate=0,
+        unitInfo={"unitPrice": 4000, "quantity": "2"},
+    )
+    assert (check.errors, check.warnings) == ((), ())
+
+
+def test_a_unit_price_one_minor_unit_off_is_flagged_also_with_a_discount() -> None:
+    def unit_price_warning(**line: Any) -> bool:
+        return (f"{L0}.unitInfo.unitPrice", "unit_price_mismatch") in _warnings(_line_check(**line))
+
+    assert not unit_price_warning(unitInfo={"unitPrice": 5000, "quantity": "2"})
+    assert unit_price_warning(unitInfo={"unitPrice": 10001, "quantity": "1"})  # 1 off
+    # 2 × 6000 = 12000 is the total before a discount of 2000: right; 2 × 6001 is not.
+    assert not unit_price_warning(discount=2000, unitInfo={"unitPrice": 6000, "quantity": "2"})
+    assert unit_price_warning(discount=2000, unitInfo={"unitPrice": 6001, "quantity": "2"})

@@ -42,6 +42,8 @@ from app.domain.state_machine import (
     Outcome,
     decide,
 )
+from tests.domain.histories import Step, World, histories, settle
+from tests.support.properties import Reached
 
 S = CheckoutState
 E = EventKind
@@ -861,6 +863,12 @@ def test_partial_then_full_refund() -> None:
     assert (facts.state, facts.refunded, facts.refund_pending) == (S.REFUNDED, AMOUNT, 0)
 
 
+def test_a_refund_result_without_a_total_changes_nothing() -> None:
+    facts = REPRESENTATIVE_FACTS[S.CAPTURED]
+    decision = decide(facts, Event(E.REFUND_SUCCEEDED))
+    assert (decision.state, decision.outcome, decision.refunded) == (S.CAPTURED, Outcome.IGNORED, 0)
+
+
 def test_refunds_in_flight_count_against_the_refundable_amount() -> None:
     checkout, _ = run(REPRESENTATIVE_FACTS[S.CAPTURED], Event(E.REFUND_REQUESTED, amount=7000))
     with pytest.raises(InvalidTransition) as refused:
@@ -1135,216 +1143,339 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-@PROPERTY_SETTINGS
-@given(consistent_facts(), events())
-def test_decide_returns_a_decision_or_refuses(facts: CheckoutFacts, event: Event) -> None:
-    outcome = _decide_or_refusal(facts, event)
-    if isinstance(outcome, InvalidTransition):
-        assert event.kind in TILL_REQUESTS
-        assert (outcome.state, outcome.event) == (facts.state, event.kind)
-        assert outcome.code
-        return
-    decision = outcome
-    assert isinstance(decision, Decision)
-    assert isinstance(decision.state, CheckoutState)
-    if decision.outcome is Outcome.IGNORED:
-        assert decision.state is facts.state
-        assert decision.commands == ()
+def test_decide_returns_a_decision_or_refuses() -> None:
+    """Total over every consistent set of facts, reachable or not: only a till request is ever
+    refused, and ignoring something changes nothing."""
+    reached = Reached()
+
+    @PROPERTY_SETTINGS
+    @given(consistent_facts(), events())
+    def decide_is_total(facts: CheckoutFacts, event: Event) -> None:
+        outcome = _decide_or_refusal(facts, event)
+        if isinstance(outcome, InvalidTransition):
+            reached("refused")
+            assert event.kind in TILL_REQUESTS
+            assert (outcome.state, outcome.event) == (facts.state, event.kind)
+            assert outcome.code
+            return
+        reached("decided")
+        assert isinstance(outcome.state, CheckoutState)
+        if outcome.outcome is Outcome.IGNORED:
+            reached("ignored")
+            assert outcome.state is facts.state
+            assert outcome.commands == ()
+
+    decide_is_total()
+    reached.at_least({"refused": 10, "decided": 200, "ignored": 150})
 
 
-@PROPERTY_SETTINGS
-@given(consistent_facts(), events(VIPPS_EVENTS))
-def test_vipps_news_is_always_acknowledged(facts: CheckoutFacts, event: Event) -> None:
-    assert isinstance(decide(facts, event), Decision)
+# --------------------------------------------------------------------------------------------
+# Properties over reachable histories (tests/domain/histories.py): each step is something that
+# can happen next to a real checkout, so captures, refunds and releases are actually decided.
+# --------------------------------------------------------------------------------------------
+
+# Derandomized: the same 300 histories on every run, so the counted minimums below are facts
+# about the generator and the code, never luck (random runs varied threefold in the rarer
+# labels). A change that makes a property reach its assertions less often fails the test.
+HISTORY_SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
 
 
-@PROPERTY_SETTINGS
-@given(consistent_facts(), events())
-def test_money_totals_never_shrink(facts: CheckoutFacts, event: Event) -> None:
-    try:
-        decision = decide(facts, event)
-    except InvalidTransition:
-        return
-    for name in ("authorized", "captured", "refunded", "cancelled"):
-        reported = getattr(decision, name)
-        assert reported is None or reported >= getattr(facts, name), name
+def decided(world: World) -> list[tuple[Step, Decision]]:
+    return [(s, s.outcome) for s in world.steps if isinstance(s.outcome, Decision)]
 
 
-@PROPERTY_SETTINGS
-@given(consistent_facts(), events())
-def test_capture_only_from_an_authorization_and_never_above_capturable(
-    facts: CheckoutFacts, event: Event
-) -> None:
-    try:
-        decision = decide(facts, event)
-    except InvalidTransition:
-        return
-    captures = [c for c in decision.commands if c.kind is C.CAPTURE]
-    if not captures:
-        return
-    # Auto capture rides on the authorization itself; otherwise the checkout is AUTHORIZED.
-    assert decision.state is S.AUTHORIZED
-    assert facts.state is S.AUTHORIZED or (
-        facts.state is S.PAYMENT_REQUESTED and event.kind is E.VIPPS_AUTHORIZED
+def test_vipps_news_is_always_acknowledged() -> None:
+    """Vipps retries whatever we do not acknowledge: only the till's requests may be refused."""
+    reached = Reached()
+
+    @HISTORY_SETTINGS
+    @given(histories())
+    def acknowledged(world: World) -> None:
+        for step in world.steps:
+            if step.source in ("news", "outbox", "customer", "timer"):
+                reached(f"{step.source} applied")
+                assert isinstance(step.outcome, Decision), step
+
+    acknowledged()
+    reached.at_least({"news applied": 500, "outbox applied": 300, "timer applied": 200})
+
+
+def test_money_totals_never_shrink() -> None:
+    reached = Reached()
+
+    @HISTORY_SETTINGS
+    @given(histories())
+    def totals_grow(world: World) -> None:
+        for step, decision in decided(world):
+            for name in ("authorized", "captured", "refunded", "cancelled"):
+                reported = getattr(decision, name)
+                if reported is None:
+                    continue
+                reached(f"{name} reported")
+                assert reported >= getattr(step.before, name), (name, step)
+                assert getattr(step.after, name) == reported
+
+    totals_grow()
+    reached.at_least(
+        {
+            "authorized reported": 70,
+            "captured reported": 50,
+            "refunded reported": 10,
+            "cancelled reported": 80,
+        }
     )
-    assert not facts.cancel_pending  # nothing is captured out of a reservation being released
-    assert len(captures) == 1
-    amount = captures[0].amount
-    assert amount is not None
-    assert amount > 0
-    after = apply(Checkout.of(facts), decision).facts
-    committed = facts.captured + facts.cancelled + facts.capture_pending
-    assert committed + amount <= after.authorized
-    if event.kind is E.VIPPS_AUTHORIZED:
-        assert committed + amount <= facts.amount  # auto capture: never above the sale
-    else:
-        assert amount <= facts.capturable
-    assert after.capture_pending == facts.capture_pending + amount
 
 
-@PROPERTY_SETTINGS
-@given(consistent_facts(), events())
-def test_refund_never_above_refundable(facts: CheckoutFacts, event: Event) -> None:
-    try:
-        decision = decide(facts, event)
-    except InvalidTransition:
-        return
-    refunds = [c for c in decision.commands if c.kind is C.REFUND]
-    if not refunds:
-        return
-    assert facts.state in (S.CAPTURED, S.PARTIALLY_REFUNDED)
-    assert event.kind is E.REFUND_REQUESTED
-    (refund,) = refunds
-    assert refund.amount is not None
-    assert 0 < refund.amount <= facts.refundable
+def test_capture_only_from_an_authorization_and_never_above_capturable() -> None:
+    """Every capture we decide is within what Vipps still holds for us when it is sent: Vipps
+    never refuses one of our captures for its amount, and nothing is captured above the sale."""
+    reached = Reached()
+
+    @HISTORY_SETTINGS
+    @given(histories())
+    def captures_fit(world: World) -> None:
+        for step in world.steps:
+            facts = step.after
+            if facts.cancelled and facts.authorized:
+                # What may still be captured and what is captured, on its way or released
+                # never add up to more than the reservation.
+                reached("reservation partly released")
+                held = facts.captured + facts.cancelled + facts.capture_pending
+                assert facts.capturable + held <= max(facts.authorized, held), step
+        for step, decision in decided(world):
+            captures = [c for c in decision.commands if c.kind is C.CAPTURE]
+            if not captures:
+                continue
+            reached(f"capture decided on {step.event.kind}")
+            facts = step.before
+            # Auto capture rides on the authorization itself; otherwise it is AUTHORIZED.
+            assert decision.state is S.AUTHORIZED
+            assert facts.state is S.AUTHORIZED or (
+                facts.state is S.PAYMENT_REQUESTED and step.event.kind is E.VIPPS_AUTHORIZED
+            )
+            assert not facts.cancel_pending  # nothing is captured out of a release
+            (capture,) = captures
+            assert capture.amount is not None
+            assert capture.amount > 0
+            committed = facts.captured + facts.cancelled + facts.capture_pending
+            assert committed + capture.amount <= min(step.after.authorized, facts.amount)
+            if step.event.kind is E.CAPTURE_REQUESTED:
+                assert capture.amount <= facts.capturable
+            assert step.after.capture_pending == facts.capture_pending + capture.amount
+        reordered = False  # once a call ran out of order, Vipps may rightly refuse later ones
+        for step in world.steps:
+            if step.source == "outbox":
+                reordered = reordered or step.index != 0
+            if step.performed is not None and step.performed.kind is C.CAPTURE:
+                reached("capture sent")
+                if not reordered:  # all sent in order: Vipps holds enough for each
+                    assert step.refused in (None, "other"), step
+        settle(world)
+        assert world.vipps.captured <= world.vipps.amount
+
+    captures_fit()
+    reached.at_least(
+        {
+            "capture decided on CAPTURE_REQUESTED": 30,
+            "capture decided on VIPPS_AUTHORIZED": 25,
+            "capture sent": 60,
+            "reservation partly released": 100,
+        }
+    )
 
 
-@PROPERTY_SETTINGS
-@given(consistent_facts(sorted(CANCEL_IN_FLIGHT_STATES)), events())
-def test_no_second_cancel_while_one_is_in_flight(facts: CheckoutFacts, event: Event) -> None:
-    try:
-        decision = decide(replace(facts, cancel_pending=True), event)
-    except InvalidTransition:
-        return
-    assert all(c.kind is not C.CANCEL for c in decision.commands)
+def test_refund_never_above_refundable() -> None:
+    reached = Reached()
+
+    @HISTORY_SETTINGS
+    @given(histories())
+    def refunds_fit(world: World) -> None:
+        for step, decision in decided(world):
+            refunds = [c for c in decision.commands if c.kind is C.REFUND]
+            if not refunds:
+                continue
+            reached("refund decided")
+            assert step.before.state in (S.CAPTURED, S.PARTIALLY_REFUNDED)
+            assert step.event.kind is E.REFUND_REQUESTED
+            (refund,) = refunds
+            assert refund.amount is not None
+            assert 0 < refund.amount <= step.before.refundable
+        reordered = False  # once a call ran out of order, Vipps may rightly refuse later ones
+        for step in world.steps:
+            if step.source == "outbox":
+                reordered = reordered or step.index != 0
+            if step.performed is not None and step.performed.kind is C.REFUND:
+                reached("refund sent")
+                if not reordered:  # all sent in order: Vipps holds enough for each
+                    assert step.refused in (None, "other"), step
+        settle(world)
+        assert world.vipps.refunded <= world.vipps.captured
+
+    refunds_fit()
+    reached.at_least({"refund decided": 20, "refund sent": 20})
 
 
-@PROPERTY_SETTINGS
-@given(consistent_facts([s for s in S if s.is_final]), events())
-def test_a_final_state_never_becomes_active(facts: CheckoutFacts, event: Event) -> None:
-    try:
-        decision = decide(facts, event)
-    except InvalidTransition:
-        return
-    assert decision.state.is_final
-    # Money leaves a final checkout only to release a late authorization.
-    assert all(c.kind in (C.CANCEL, C.REFUND) for c in decision.commands)
-    if any(c.kind is C.CANCEL for c in decision.commands):
-        assert event.kind is E.VIPPS_AUTHORIZED
-        assert facts.state in UNPAID_FINAL_STATES
+def test_no_second_cancel_while_one_is_in_flight() -> None:
+    reached = Reached()
+
+    @HISTORY_SETTINGS
+    @given(histories())
+    def one_cancel(world: World) -> None:
+        for step in world.steps:
+            assert sum(c.kind is C.CANCEL for c in step.in_flight) <= 1, step
+            if not step.before.cancel_pending or step.decision is None:
+                continue
+            reached(f"decided with a cancel in flight in {step.before.state}")
+            assert all(c.kind is not C.CANCEL for c in step.decision.commands), step
+
+    one_cancel()
+    reached.at_least(
+        {
+            "decided with a cancel in flight in CANCELLING": 20,
+            "decided with a cancel in flight in AUTHORIZED": 10,
+        }
+    )
 
 
-@PROPERTY_SETTINGS
-@given(consistent_facts(sorted(PAID_STATES)), events())
-def test_paid_states_stay_paid(facts: CheckoutFacts, event: Event) -> None:
-    try:
-        decision = decide(facts, event)
-    except InvalidTransition:
-        return
-    assert decision.state in PAID_STATES
+def test_a_final_state_never_becomes_active() -> None:
+    """And money leaves a final checkout only to release a late authorization."""
+    reached = Reached()
+
+    @HISTORY_SETTINGS
+    @given(histories())
+    def final_stays_final(world: World) -> None:
+        for step in world.steps:
+            if not step.before.state.is_final or step.decision is None:
+                continue
+            reached(f"decided in final {'paid' if step.before.state in PAID_STATES else 'unpaid'}")
+            decision = step.decision
+            assert decision.state.is_final, step
+            assert all(c.kind in (C.CANCEL, C.REFUND) for c in decision.commands)
+            if any(c.kind is C.CANCEL for c in decision.commands):
+                reached("late authorization released")
+                assert step.event.kind is E.VIPPS_AUTHORIZED
+                assert step.before.state in UNPAID_FINAL_STATES
+
+    final_stays_final()
+    reached.at_least(
+        {
+            "decided in final paid": 150,
+            "decided in final unpaid": 100,
+            "late authorization released": 3,
+        }
+    )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(consistent_facts(), events(VIPPS_EVENTS))
-def test_a_duplicate_vipps_event_changes_nothing(facts: CheckoutFacts, event: Event) -> None:
-    after_first, _ = step(Checkout.of(facts), event)
-    after_second, second = step(after_first, Redelivered(event))
-    assert second.commands == ()
-    assert second.state is after_first.facts.state
-    assert after_second == after_first
+def test_paid_states_stay_paid() -> None:
+    reached = Reached()
+
+    @HISTORY_SETTINGS
+    @given(histories())
+    def paid_stays_paid(world: World) -> None:
+        for step in world.steps:
+            if step.before.state in PAID_STATES and step.decision is not None:
+                reached(f"decided in {step.before.state}")
+                assert step.decision.state in PAID_STATES, step
+
+    paid_stays_paid()
+    reached.at_least({"decided in CAPTURED": 200, "decided in PARTIALLY_REFUNDED": 10})
 
 
-# Small amounts around the sale's, so sequences reach partial captures, refunds and releases.
-_sequence_money = st.sampled_from([None, 0, 3000, 4000, 6000, AMOUNT])
-# Mostly the events that move money, so sequences get past the payment request.
-MONEY_EVENTS = frozenset(
-    {
-        E.VIPPS_AUTHORIZED,
-        E.CANCEL_REQUESTED,
-        E.CANCEL_SUCCEEDED,
-        E.CANCEL_REFUSED_ALREADY_AUTHORIZED,
-        E.CANCEL_FAILED,
-        E.CAPTURE_REQUESTED,
-        E.CAPTURE_SUCCEEDED,
-        E.CAPTURE_FAILED,
-        E.REFUND_REQUESTED,
-        E.REFUND_SUCCEEDED,
-        E.REFUND_FAILED,
-    }
-)
+def test_a_duplicate_vipps_event_changes_nothing() -> None:
+    """Webhooks are redelivered and polls repeat: news applied a second time, with no command
+    finishing, changes nothing at all."""
+    reached = Reached()
+
+    @HISTORY_SETTINGS
+    @given(histories())
+    def duplicates_are_noops(world: World) -> None:
+        for step in world.steps:
+            if step.source not in ("news", "outbox") or step.decision is None:
+                continue
+            reached(f"{step.source} repeated")
+            again = decide(step.after, step.event)
+            assert again.commands == (), step
+            assert again.state is step.after.state
+            for name in ("authorized", "captured", "refunded", "cancelled"):
+                value = getattr(again, name)
+                assert value is None or value == getattr(step.after, name), (name, step)
+
+    duplicates_are_noops()
+    reached.at_least({"news repeated": 400, "outbox repeated": 250})
 
 
-@st.composite
-def news(draw: st.DrawFn) -> Event | Redelivered:
-    kinds = draw(st.sampled_from([MONEY_EVENTS] * 9 + [frozenset(E)]))
-    event = draw(events(kinds, money=_sequence_money))
-    return Redelivered(event) if draw(st.booleans()) else event
+def test_a_settled_history_agrees_with_vipps() -> None:
+    """Once every command and every piece of news has run its course, our books are Vipps's:
+    the same captured and refunded totals, nothing captured above the sale, and no reservation
+    left hanging at Vipps for a checkout that ended."""
+    reached = Reached()
 
+    @HISTORY_SETTINGS
+    @given(histories())
+    def books_agree(world: World) -> None:
+        settle(world)
+        facts, vipps = world.current(), world.vipps
+        reached(f"settled {facts.state}")
+        assert not world.queue
+        assert (facts.captured, facts.refunded) == (vipps.captured, vipps.refunded)
+        assert vipps.captured <= vipps.amount
+        assert vipps.refunded <= vipps.captured
+        release_refused = any(
+            s.performed is not None and s.performed.kind is C.CANCEL and s.refused == "other"
+            for s in world.steps
+        )
+        if facts.state.is_final and vipps.state == "AUTHORIZED" and not release_refused:
+            # (A release Vipps refused leaves the rest to lapse at Vipps on its own.)
+            reached("ended with an authorization")
+            assert vipps.capturable == 0, (facts, vipps)
+        if facts.state in UNPAID_FINAL_STATES:
+            assert vipps.captured == 0
+        if facts.state in PAID_STATES:
+            assert vipps.captured > 0
 
-# Where sequences start: every stage at which money is at stake.
-SEQUENCE_STARTS = [
-    REPRESENTATIVE_FACTS[S.PAYMENT_REQUESTED],
-    REPRESENTATIVE_FACTS[S.CANCELLING],
-    REPRESENTATIVE_FACTS[S.AUTHORIZED],
-    CheckoutFacts(S.AUTHORIZED, AMOUNT, authorized=AMOUNT, capture_pending=AMOUNT),
-    # A partial capture and the release of its remainder, both on their way.
-    replace(REPRESENTATIVE_FACTS[S.AUTHORIZED], capture_pending=6000, cancel_pending=True),
-    REPRESENTATIVE_FACTS[S.CAPTURED],
-    REPRESENTATIVE_FACTS[S.PARTIALLY_REFUNDED],
-]
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.sampled_from(SEQUENCE_STARTS),
-    st.sampled_from(list(CapturePolicy)),
-    st.sampled_from(list(LateApprovalPolicy)),
-    st.lists(news(), max_size=20),
-)
-def test_event_sequences_keep_the_money_invariants(
-    start: CheckoutFacts,
-    capture_mode: CapturePolicy,
-    late_approval: LateApprovalPolicy,
-    sequence: list[Event | Redelivered],
-) -> None:
-    """Any mix of news, retries and till requests keeps money safe."""
-    checkout = Checkout.of(replace(start, capture_mode=capture_mode, late_approval=late_approval))
-    ended = paid = False
-    for item in sequence:
-        before = checkout.facts
-        try:
-            checkout, decision = step(checkout, item)
-        except InvalidTransition:
-            continue
-        facts = checkout.facts
-        assert sum(c.kind is C.CANCEL for c in checkout.in_flight) <= 1
-        for command in decision.commands:
-            if command.kind is C.CAPTURE:
-                assert command.amount is not None
-                committed = before.captured + before.cancelled + before.capture_pending
-                assert 0 < command.amount <= min(facts.authorized, AMOUNT) - committed
-            if command.kind is C.REFUND:
-                assert command.amount is not None
-                assert 0 < command.amount <= before.refundable
-        ended = ended or facts.state.is_final
-        assert not (ended and facts.state.is_active), "a final checkout became active again"
-        paid = paid or facts.state in PAID_STATES
-        assert not paid or facts.state in PAID_STATES, "a paid checkout lost its payment"
+    books_agree()
+    reached.at_least(
+        {
+            "settled CAPTURED": 25,
+            "settled CANCELLED": 25,
+            "settled EXPIRED": 8,
+            "ended with an authorization": 60,
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Regressions: a reservation above the sale, a refused release of the rest
 # --------------------------------------------------------------------------------------------
+
+
+def test_after_a_release_and_a_refused_capture_only_the_unreleased_rest_is_capturable() -> None:
+    """A partial capture of 6000 whose release of the other 4000 went through while the capture
+    itself was refused: 6000 is left to capture, not 6000 plus the released 4000."""
+    checkout, _ = run(
+        REPRESENTATIVE_FACTS[S.AUTHORIZED],
+        Event(E.CAPTURE_REQUESTED, amount=6000),
+        Event(E.CANCEL_SUCCEEDED, cancelled_total=4000),
+        Event(E.CAPTURE_FAILED, amount=6000, reason="refused"),
+    )
+    facts = checkout.facts
+    assert (facts.state, facts.captured, facts.cancelled, checkout.in_flight) == (
+        S.AUTHORIZED,
+        0,
+        4000,
+        (),
+    )
+    assert facts.capturable == 6000
+    decision = decide(facts, Event(E.CAPTURE_REQUESTED))
+    assert decision.commands == (Command(C.CAPTURE, amount=6000),)
+    with pytest.raises(InvalidTransition) as refused:
+        decide(facts, Event(E.CAPTURE_REQUESTED, amount=6001))
+    assert refused.value.code == "amount_exceeds_authorized"
 
 
 def test_a_reservation_above_the_sale_amount_is_never_captured_beyond_it() -> None:

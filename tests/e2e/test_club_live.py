@@ -4,7 +4,6 @@ service's log file must not carry a phone number or a customer token."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from app.devstack import BackgroundServer
 from app.observability.pii import find_pii
 from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator, live_simulator_config
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -140,7 +140,15 @@ async def test_enrollment_and_member_price_over_real_http(
 
     violations = (await sim.get("/_sim/violations")).json()["violations"]
     assert violations == [], json.dumps(violations)
-    await asyncio.sleep(0.2)  # let the last log lines reach the file
+
+    # The cancel is the last thing the service did: once it is logged, so is all before it.
+    def cancel_logged() -> bool:
+        return any(
+            second in line and '"trigger": "CANCEL_REQUESTED"' in line
+            for line in club_service.log_path.read_text().splitlines()
+        )
+
+    await eventually(cancel_logged, "the cancel to reach the log")
     logged = club_service.log_path.read_text()
     assert "club.enrollment.started" in logged
     assert find_pii(logged, known_secrets=tokens) == []

@@ -130,13 +130,17 @@ async def relay_concurrently(
             status: str = response.json()["status"]
             return status
 
-        while not stop.is_set():
+        while True:
+            # Checked before the sweep: once stopped, one more sweep relays what came last.
+            stopping = stop.is_set()
             for delivery in (await sim.get("/_sim/deliveries")).json():
                 if delivery["id"] in seen or delivery["duplicateOf"]:
                     continue
                 seen.add(delivery["id"])
                 statuses = await asyncio.gather(*(deliver(delivery) for _ in range(copies)))
                 answers[delivery["event"]] = [*answers.get(delivery["event"], []), *statuses]
+            if stopping:
+                return
             await asyncio.sleep(0.01)
 
 
@@ -221,7 +225,6 @@ async def test_every_webhook_delivered_again_concurrently_changes_nothing(
             assert (await sim.post("/_sim/deliveries/drain", json={"timeout": 10})).json()[
                 "drained"
             ]
-            await asyncio.sleep(0.3)
         finally:
             stop.set()
             await relay

@@ -9,7 +9,6 @@ number, a customer token or a credential writes its lines.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +22,7 @@ from app.devstack import BackgroundServer
 from app.observability.pii import find_pii
 from app.simulator import Simulator, create_simulator_app
 from tests.support.live import ADMIN_KEY, ServiceProcess, live_simulator_config
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -153,7 +153,12 @@ async def test_every_log_line_is_json_with_an_event_and_free_of_pii_and_secrets(
 
     # Scan first at the club store, then the basket; the customer declines.
     await run.scan(club, PHONES[1])
-    await asyncio.sleep(0.5)  # the check-in waits for the basket
+
+    async def check_in_waits() -> bool:  # the check-in waits for the basket
+        inbox = await run.call("GET", f"{service.url}/api/v1/inbox", headers=run.admin)
+        return any(row["outcome"] == "waiting" for row in inbox)
+
+    await eventually(check_in_waits, "the check-in to wait for the basket")
     declined = await run.wait(club, (await run.ring_up(club, 4900))["id"])
     await run.call("POST", f"{simulator.url}/_sim/payments/{declined['reference']}/decline")
     await run.wait(club, declined["id"], "REJECTED")

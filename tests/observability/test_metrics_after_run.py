@@ -4,7 +4,6 @@ values that follow from what happened."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.stack import Stack, in_process_stack
+from tests.support.waiting import eventually
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -50,13 +50,14 @@ async def sell(stack: Stack, till: dict[str, Any], amount: int) -> dict[str, Any
 
 async def at_rest(stack: Stack) -> Samples:
     """Scrape until both queues are empty (deliveries and captures finish in the background)."""
-    deadline = time.monotonic() + 15
-    while True:
+
+    async def quiet() -> Samples | None:
         samples = await scrape(stack)
         depths = [value(samples, "vipps_pos_queue_depth", queue=q) for q in ("inbox", "outbox")]
-        if depths == [0, 0] or time.monotonic() > deadline:
-            return samples
-        await asyncio.sleep(0.2)
+        return samples if depths == [0, 0] else None
+
+    samples: Samples = await eventually(quiet, "empty inbox and outbox queues", timeout=15)
+    return samples
 
 
 async def test_metrics_after_a_paid_a_declined_and_a_repaired_sale(pg_url: str) -> None:

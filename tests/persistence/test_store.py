@@ -179,3 +179,21 @@ async def test_decisions_racing_on_one_till_all_land_in_one_unbroken_chain(
             )
         assert till is not None
         assert till.audit_seq == last
+
+
+async def test_a_poll_is_scheduled_every_so_often_and_slower_after_many(database_url: str) -> None:
+    async with in_process_stack(database_url, workers={"enabled": False}) as stack:
+        _, created = await _sale(stack)
+        services: Services = stack.app.state.services
+        store = services.ctx.store
+        now = datetime.now(UTC).replace(microsecond=0)
+        loaded = await store.load_checkout(created["id"])
+        assert loaded is not None
+        await store.schedule_poll(created["id"], now, 2.0, slow_after=1, slow_every=10.0)
+        first = await store.read_checkout(created["id"])
+        assert first is not None
+        assert (first.poll_count, first.next_poll_at) == (1, now + timedelta(seconds=2))
+        await store.schedule_poll(created["id"], now, 2.0, slow_after=1, slow_every=10.0)
+        second = await store.read_checkout(created["id"])
+        assert second is not None
+        assert (second.poll_count, second.next_poll_at) == (2, now + timedelta(seconds=10))

@@ -84,13 +84,16 @@ def check_in_body(merchant_qr_id: str) -> bytes:
 
 
 async def wait_for_count(cluster: Cluster, sql: str, expected: int, timeout: float = 60) -> int:
+    """Poll ``sql`` until it counts ``expected``; fails, with the last count, on timeout."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    count = await cluster.scalar(sql)
-    while count != expected and loop.time() < deadline:
+    count = int(await cluster.scalar(sql))
+    while count != expected:
+        if loop.time() > deadline:
+            raise AssertionError(f"{sql} counted {count}, not {expected}, after {timeout}s")
         await asyncio.sleep(0.2)
-        count = await cluster.scalar(sql)
-    return int(count)
+        count = int(await cluster.scalar(sql))
+    return count
 
 
 async def test_each_checkin_delivered_three_times_across_two_replicas_takes_effect_once(

@@ -33,6 +33,7 @@ from tests.support.stack import (
     service_settings,
     simulator_config,
 )
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(120)]
 
@@ -112,14 +113,13 @@ async def test_a_restart_lets_requests_inside_finish_first_and_refuses_new_ones(
     async with replicas(pg_url, 1, hold=hold) as group:
         replica, client = group.replicas[0], group.clients[0]
         inside = asyncio.create_task(client.get("/_test/hold"))
-        while not replica.inflight:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: replica.inflight, "the held request to be inside the replica")
 
         restart = asyncio.create_task(replica.restart())
-        await asyncio.sleep(0.3)
+        await eventually(lambda: not replica.running, "the replica to stop accepting")
         # Still draining, not accepting: the lifespan (and with it the database engine) is
-        # not shut down yet.
-        assert (restart.done(), replica.running) == (False, False)
+        # not shut down yet, as the held request is still inside.
+        assert (restart.done(), replica.running, replica.inflight) == (False, False, 1)
         # A stopping process no longer accepts connections.
         with pytest.raises(httpx.ConnectError):
             await client.get("/healthz")
@@ -149,6 +149,8 @@ async def test_webhooks_delivered_during_restarts_leave_no_connection_open(pg_ur
             tills.append(response.json())
         scans = 0
 
+        made = [0]  # scans so far
+
         async def customers_scanning(until: asyncio.Event) -> int:
             """Check-ins, one after the other, each a webhook to one of the replicas."""
             count = 0
@@ -157,15 +159,18 @@ async def test_webhooks_delivered_during_restarts_leave_no_connection_open(pg_ur
                 scan = await group.sim.post(f"/_sim/qr/{qr}/scan", json={})
                 assert scan.status_code == 200, scan.text
                 count += 1
+                made[0] += 1
                 await asyncio.sleep(0.01)
             return count
 
         for round_ in range(6):
             done = asyncio.Event()
             traffic = asyncio.create_task(customers_scanning(done))
-            await asyncio.sleep(0.1)
+            before = made[0]
+            await eventually(lambda: made[0] > before, "scans before the restart")  # noqa: B023
             await group.replicas[round_ % 2].restart()  # while webhooks keep coming
-            await asyncio.sleep(0.1)
+            restarted = made[0]
+            await eventually(lambda: made[0] > restarted, "scans after the restart")  # noqa: B023
             done.set()
             scans += await traffic
         assert await group.simulator.webhooks.drain(within=30)

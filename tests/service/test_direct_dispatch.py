@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +24,7 @@ from app.service import Services
 from app.workers.outbox import OutboxWorker
 from tests.api.support import payment_sent
 from tests.support.stack import Stack, in_process_stack
+from tests.support.waiting import eventually
 
 
 def held_hand_offs(stack: Stack) -> tuple[list[OutboxCommand], OutboxWorker]:
@@ -60,7 +60,7 @@ async def test_the_create_payment_is_claimed_when_decided_and_sent_by_the_hand_o
         checkout = await stack.checkout(till, 4200)
         held, outbox = held_hand_offs(stack)
         await stack.scan(till)
-        await until(lambda: bool(held))
+        await eventually(lambda: bool(held), "a hand-off")
         assert [c.kind for c in held] == ["CREATE_PAYMENT"]
         [row] = await commands_of(stack, checkout["id"])
         # Claimed as the claim loop would have: in flight, first attempt, leased.
@@ -68,8 +68,8 @@ async def test_the_create_payment_is_claimed_when_decided_and_sent_by_the_hand_o
         assert row.attempts == 1
         assert row.lease_until is not None
         assert row.lease_until > datetime.now(UTC) + timedelta(seconds=20)
-        # The claim loops run meanwhile, but a leased command is not theirs to take.
-        await asyncio.sleep(1.0)
+        # A claim loop passing now does not take a leased command.
+        assert await outbox.run_once() == 0
         assert (await commands_of(stack, checkout["id"]))[0].status == "IN_FLIGHT"
         ledger = (await stack.sim.get("/_sim/ledger?operation=createPayment")).json()
         assert ledger == []
@@ -103,13 +103,13 @@ async def test_a_command_behind_an_unfinished_one_waits_its_turn(database_url: s
 
         # The till's refund call waits a little for the outcome; run both in the background.
         first = asyncio.create_task(refund(3000))
-        await until(lambda: bool(held))
+        await eventually(lambda: bool(held), "a hand-off")
         second = asyncio.create_task(refund(2000))
 
         async def refund_waits_in_line() -> bool:
             return ("REFUND", "PENDING") in await rows()
 
-        await until(refund_waits_in_line)
+        await eventually(refund_waits_in_line, "the second refund to wait in line")
         # Only the first refund was handed off; the second waits behind it, for the claim loop
         # once the first is done.
         assert [(c.kind, c.payload["amount"]) for c in held] == [("REFUND", 3000)]
@@ -128,16 +128,6 @@ async def test_a_command_behind_an_unfinished_one_waits_its_turn(database_url: s
         assert len(held) == 1
         payment = (await stack.sim.get(f"/_sim/payments/{checkout['reference']}")).json()
         assert payment["aggregate"]["refundedAmount"]["value"] == 5000
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll ``condition`` (plain or async) every 50 ms until it holds."""
-    for _ in range(int(timeout / 0.05)):
-        outcome = condition()
-        if await outcome if inspect.isawaitable(outcome) else outcome:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_without_an_outbox_in_this_process_commands_wait_for_a_claim(
@@ -234,16 +224,9 @@ async def test_a_connection_the_database_dropped_is_replaced_not_reused(pg_url: 
             backend = await connection.fetchval("SELECT pg_backend_pid()")
         admin = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
         try:
-            assert await admin.fetchval("SELECT pg_terminate_backend($1)", backend)
-            for _ in range(100):  # until the server has closed it
-                gone = await admin.fetchval(
-                    "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1", backend
-                )
-                if gone:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the terminated backend did not go away")
+            # With a timeout the call waits until the backend has exited (or fails), so the next
+            # statement meets a dead connection, not one that is still being shut down.
+            assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", backend)
         finally:
             await admin.close()
         # The statement that finds the connection dead may fail (asyncpg reports it as a

@@ -194,6 +194,8 @@ class Stack:
     sim: httpx.AsyncClient
     simulator: Simulator
     app: FastAPI
+    sim_app: FastAPI | None = None  # the simulator's ASGI app, for a second client to Vipps
+    replica: Replica | None = None  # the service app as a process: requests inside it, ...
     admin: dict[str, str] = field(default_factory=lambda: {"Authorization": f"Bearer {ADMIN_KEY}"})
 
     async def register_till(
@@ -334,5 +336,14 @@ async def in_process_replicas(
             service = await stack.enter_async_context(
                 httpx.AsyncClient(transport=replica.transport, base_url=SERVICE_URL)
             )
-            stacks.append(Stack(service=service, sim=sim, simulator=simulator, app=replica.app))
+            stacks.append(
+                Stack(
+                    service=service,
+                    sim=sim,
+                    simulator=simulator,
+                    app=replica.app,
+                    sim_app=sim_app,
+                    replica=replica,
+                )
+            )
         yield tuple(stacks)
