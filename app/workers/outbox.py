@@ -221,6 +221,10 @@ class OutboxWorker:
             return
         self._inflight.add(command.id)
         try:
+            if not command.checkout_found:
+                log.error("outbox.checkout_missing", command_id=command.id)
+                await self._record(command, Result("FAILED", error="checkout no longer exists"))
+                return
             wait, stamp = self._rate_limit_wait(command)
             if wait > 0:
                 await self._record(command, Result("RETRY", retry_in=wait, error="rate limited"))

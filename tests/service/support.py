@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy import select
 
-from app.models import AuditEntry, OutboxCommand
+from app.domain.state_machine import CommandKind
+from app.models import AuditEntry, Checkout, OutboxCommand
+from app.persistence.records import CommandRecord
 from app.service import Services
 from app.simulator import SimulatorConfig
 from app.workers.outbox import OutboxWorker
@@ -175,6 +177,37 @@ async def fault(stack: Stack, **rule: Any) -> str:
 
 async def clear_faults(stack: Stack) -> None:
     assert (await stack.sim.delete("/_sim/faults")).is_success
+
+
+async def command_as_claimed(stack: Stack, checkout_id: str, kind: str) -> CommandRecord:
+    """The checkout's ``kind`` command as a worker holds it after a claim (as of now), to hand
+    to :meth:`OutboxWorker.dispatch` the way a replica with an expired lease would."""
+    async with services(stack).ctx.sessions() as session:
+        row = await session.scalar(
+            select(OutboxCommand).where(
+                OutboxCommand.checkout_id == checkout_id, OutboxCommand.kind == kind
+            )
+        )
+        assert row is not None, f"no {kind} command for {checkout_id}"
+        checkout = await session.get(Checkout, checkout_id)
+        assert checkout is not None
+        return CommandRecord(
+            id=row.id,
+            checkout_id=row.checkout_id,
+            till_id=row.till_id,
+            kind=CommandKind(row.kind),
+            msn=row.msn,
+            reference=row.reference,
+            idempotency_key=row.idempotency_key,
+            payload=row.payload or {},
+            attempts=row.attempts + 1,
+            outcome_unknown=row.outcome_unknown,
+            customer_token_enc=checkout.customer_token_enc,
+            customer_token_expires_at=checkout.customer_token_expires_at,
+            mutating_calls=checkout.mutating_calls,
+            scanned_at=checkout.scanned_at,
+            store_id=checkout.store_id,
+        )
 
 
 # ---- the books --------------------------------------------------------------------------------
