@@ -114,6 +114,14 @@ def _reason(error: VippsError) -> str:
     return f"Vipps{code}: {error.title or error.detail or 'refused'}"[:500]
 
 
+def _failure_code(error: VippsRejected) -> str:
+    """The code a refusal is recorded under: Vipps's error code, else ``rejected`` (a stable code
+    of the till contract). Never empty: the reconciler re-requests an auto capture only while no
+    failure is recorded, so a refusal without a code must not look like a lost decision (it
+    would be re-sent on every pass)."""
+    return error.error_code or "rejected"
+
+
 class OutboxWorker:
     def __init__(
         self,
@@ -374,7 +382,7 @@ class OutboxWorker:
                 return self._retry(command, exc, unknown=True)
             event = Event(EventKind.PAYMENT_CREATE_REFUSED, reason=_reason(exc))
             return Result(
-                "FAILED", event=event, error=_reason(exc), failure_code=exc.error_code or "rejected"
+                "FAILED", event=event, error=_reason(exc), failure_code=_failure_code(exc)
             )
         if command.scanned_at is not None and command.store_id is not None:
             self.ctx.metrics.observe_scan_to_payment_request(
@@ -412,7 +420,9 @@ class OutboxWorker:
             response = await call(command.msn, command.reference, amount, command.idempotency_key)
         except VippsRejected as exc:
             event = Event(move.failed, amount=amount.value, reason=_reason(exc))
-            return Result("FAILED", event=event, error=_reason(exc), failure_code=exc.error_code)
+            return Result(
+                "FAILED", event=event, error=_reason(exc), failure_code=_failure_code(exc)
+            )
         return self._modified(move.succeeded, response)
 
     def _modified(self, kind: EventKind, response: ModificationResponse) -> Result:
@@ -437,7 +447,9 @@ class OutboxWorker:
             if details is not None and details.state in ("ABORTED", "EXPIRED", "TERMINATED"):
                 return Result("DONE", event=event_from_details(details))
             event = Event(EventKind.CANCEL_FAILED, reason=_reason(exc))
-            return Result("FAILED", event=event, error=_reason(exc), failure_code=exc.error_code)
+            return Result(
+                "FAILED", event=event, error=_reason(exc), failure_code=_failure_code(exc)
+            )
         if response.state == "TERMINATED":
             cancelled = totals(response.aggregate)["cancelled_total"]
             return Result(

@@ -67,3 +67,17 @@ def test_the_svg_sheet_has_the_same_parts() -> None:
     size, runs = _runs(labels[1].qr_content)
     assert size > 20
     assert runs
+
+
+def test_a_title_too_wide_for_its_cell_is_shortened_not_spilled() -> None:
+    long_title = "Kasse ved inngangen til frukt og grønt " * 4
+    label = QrLabel(
+        qr_content="https://qr.vipps.no/28/2/01/031/0001",
+        title=long_title,
+        subtitle="",
+        caption="till kasse-1 · MSN 123456",
+    )
+    text = PdfReader(io.BytesIO(render_pdf([label], heading="Butikk"))).pages[0].extract_text()
+    assert long_title.strip() not in text
+    assert "Kasse ved inngangen" in text
+    assert "…" in text

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import NoReturn
 
 import httpx
+import pytest
 from sqlalchemy import delete
 
 from app.models import Checkout
 from app.service.bootstrap import vipps_clients, vipps_http_client
 from app.service.context import utcnow
 from app.service.keys import VippsKeys
+from app.vipps.errors import VippsRejected
 from app.workers.outbox import OutboxWorker
 from tests.api.support import effective_calls, ledger
 from tests.service.support import (
@@ -435,3 +438,35 @@ async def test_a_refusal_after_an_unknown_outcome_is_still_a_refusal(database_ur
         [create] = await outbox_rows(stack, checkout["id"])
         assert (create["status"], create["attempts"]) == ("FAILED", 2)
         assert (await stack.sim.get(f"/_sim/payments/{checkout['reference']}")).status_code == 404
+
+
+async def test_a_capture_refused_without_a_code_is_not_sent_again_by_repairs(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal Vipps gives no error code is still a recorded refusal: the repair that
+    re-requests a lost auto capture must not take it for one and re-send it on every pass."""
+    async with driven_stack(database_url) as stack:
+        till = await stack.register_till()
+        checkout = await authorized(stack, till)  # the auto capture is queued
+
+        async def refuse_without_a_code(*args: object, **kwargs: object) -> NoReturn:
+            raise VippsRejected("capture refused", operation="capturePayment", status=400)
+
+        monkeypatch.setattr(outbox(stack).vipps, "capture_payment", refuse_without_a_code)
+        await run_outbox(stack)
+        refused = await stack.get(till, checkout["id"])
+        assert refused["state"] == "AUTHORIZED"
+        assert refused["failure"]["code"] == "rejected"
+
+        monkeypatch.undo()
+        repaired = await resync(stack, checkout["id"])
+        assert repaired.status_code == 200, repaired.text
+        await run_outbox(stack)
+        assert calls(await outbox_rows(stack, checkout["id"])) == [
+            ("CREATE_PAYMENT", "DONE"),
+            ("CAPTURE", "FAILED"),
+        ]
+        assert await payment_at_vipps(stack, checkout["reference"]) == {
+            **NOTHING,
+            "authorized": 10000,
+        }

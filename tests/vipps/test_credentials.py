@@ -147,10 +147,14 @@ def test_a_fingerprint_tells_key_sets_apart_and_reveals_none_of_them() -> None:
         assert value not in repr(oslo)
 
 
-def test_static_keys_cover_the_listed_msns_only() -> None:
+async def test_static_keys_cover_the_listed_msns_only() -> None:
     keys = StaticCredentials(KEYS[OSLO], [OSLO])
     assert keys.covers(OSLO)
     assert not keys.covers(BERGEN)
+    assert await keys.credentials_for(OSLO) is KEYS[OSLO]
+    with pytest.raises(NoCredentials) as refused:
+        await keys.credentials_for(BERGEN)
+    assert refused.value.msn == BERGEN
     assert StaticCredentials(PARTNER).covers(BERGEN)
 
 

@@ -116,6 +116,26 @@ async def test_expires_in_is_used_when_expires_on_is_missing_or_already_past(
     assert route.call_count == 2
 
 
+async def test_a_token_without_a_usable_lifetime_lives_five_minutes(
+    router: respx.MockRouter, provider: AccessTokenProvider, recorder: Recorder
+) -> None:
+    # Off-spec again: expires_on already past and no expires_in. The token is used, but for a
+    # short fallback lifetime (300 s, refreshed half way), never forever.
+    dateless = {
+        **{k: v for k, v in token_body("token-1").items() if k != "expires_in"},
+        "expires_on": str(int(NOW) - 10),
+    }
+    route = router.post("/accesstoken/get").mock(
+        side_effect=[httpx.Response(200, json=dateless), token_answer("token-2")]
+    )
+    assert (await provider.get(CREDENTIALS)).get_secret_value() == "token-1"
+    recorder.now = NOW + 140
+    assert (await provider.get(CREDENTIALS)).get_secret_value() == "token-1"
+    recorder.now = NOW + 160
+    assert (await provider.get(CREDENTIALS)).get_secret_value() == "token-2"
+    assert route.call_count == 2
+
+
 async def test_each_credential_set_has_its_own_token(
     router: respx.MockRouter, provider: AccessTokenProvider
 ) -> None:
