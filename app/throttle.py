@@ -25,9 +25,12 @@ Two kinds of keys, each with a :class:`Rule` chosen by the key's prefix:
   signature check, per source address. Up to ``limit`` failures in the window are free; beyond,
   the address must wait ``2 ** (failures - limit)`` seconds (up to ``backoff_max``) after its latest
   failure before one more attempt is even checked, so a guesser's rate falls exponentially while
-  requests refused meanwhile cost nothing. Attempts being checked count as reserved, so a burst
-  cannot slip past the limit while the first ones are still being checked. IPv6 addresses count
-  per /64 network (a host gets a whole /64).
+  requests refused meanwhile cost nothing. Under the limit every attempt is checked however many
+  are in flight: an honest address is often busy (a store's tills behind one NAT address, a POS
+  vendor's relay, Vipps's few delivery addresses at peak) and must never be refused for
+  concurrency alone. So a burst of bad attempts started before the limit is reached is checked in
+  full (at most ``limit`` + that address's concurrency failures in the first window); from then
+  on one attempt at a time. IPv6 addresses count per /64 network (a host gets a whole /64).
 
 The shared store is Postgres because it is already the coordination point of every replica
 (DESIGN.md §3: "Postgres is the coordination engine when one machine is not enough; nothing
@@ -180,7 +183,9 @@ class Throttle:
         rule, now = self._rule(key), self._clock()
         count = self._counts.setdefault(key, _Count())
         failures = self._in_window(count, rule, now)
-        if failures + count.in_flight < rule.limit:
+        if failures < rule.limit:
+            # In-flight attempts are not counted against the free failures: a busy honest
+            # address has many at once (see the module docstring).
             count.in_flight += 1
             return 0.0
         if rule.backoff_max_seconds is None:

@@ -164,6 +164,26 @@ def test_failures_beyond_the_limit_wait_twice_as_long_each_time_up_to_the_maximu
     assert throttle.begin("f:x") == 0
 
 
+def test_a_busy_honest_address_is_never_refused_for_concurrency_alone() -> None:
+    """A store's tills behind one NAT address, a POS vendor's relay, Vipps delivering at peak:
+    far more attempts in flight than the free failures, none failing. Each is checked."""
+    clock = Clock()
+    throttle = Throttle({"f:": Rule(3, 600, backoff_max_seconds=8)}, clock=clock)
+    assert [throttle.begin("f:nat") for _ in range(50)] == [0] * 50
+    for _ in range(50):
+        throttle.end("f:nat", failed=False)
+    # Failures below the limit still leave the address unthrottled, however busy.
+    for _ in range(2):
+        assert throttle.begin("f:nat") == 0
+        throttle.end("f:nat", failed=True)
+    assert [throttle.begin("f:nat") for _ in range(10)] == [0] * 10
+    # A burst started under the limit is checked in full; once the failures reach the limit
+    # the backoff holds, one attempt at a time.
+    for _ in range(10):
+        throttle.end("f:nat", failed=True)
+    assert throttle.begin("f:nat") > 0
+
+
 def test_a_rate_counts_what_it_admits_over_a_sliding_minute() -> None:
     clock = Clock()
     throttle = Throttle({"t:": Rule(2, 60)}, clock=clock)
