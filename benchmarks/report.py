@@ -131,12 +131,13 @@ def markdown(data: dict[str, Any], plot_name: str) -> str:
         out += [
             "## 2 Scan to payment request",
             "",
-            f"{r['rate']:g} scans/s over {r['tills']:,} tills; time from the simulator sending "
-            "`user.checked-in.v1` to the create-payment arriving at it (simulator timestamps).",
-            "",
-            *_runs_table(r["runs"]),
+            f"Open loop over {r['tills']:,} tills, a sale waiting at each scanned till; time from "
+            "the simulator sending `user.checked-in.v1` to the create-payment arriving at it "
+            "(simulator timestamps).",
             "",
         ]
+        for at_rate in r.get("rates", [r]):
+            out += [f"At {at_rate['rate']:g} scans/s:", "", *_runs_table(at_rate["runs"]), ""]
     if "checkouts" in results:
         r = results["checkouts"]
         out += [

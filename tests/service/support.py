@@ -123,6 +123,15 @@ async def till_post(
 # ---- Vipps, as another system on the same sales unit (the merchant portal, say) -------------
 
 
+# Vipps's totals of a payment nothing has happened to.
+NOTHING = {"authorized": 0, "captured": 0, "refunded": 0, "cancelled": 0}
+
+
+async def pause_webhooks(stack: Stack) -> None:
+    """The simulator holds its webhooks back: what we learn, we learn by asking."""
+    assert (await stack.sim.post("/_sim/webhooks/pause")).is_success
+
+
 async def at_vipps(
     stack: Stack, method: str, path: str, json: Any = None, key: str | None = None
 ) -> httpx.Response:

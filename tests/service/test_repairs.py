@@ -20,6 +20,7 @@ from app.models import Checkout, OutboxCommand
 from app.service.context import utcnow
 from tests.api.support import assert_problem, effective_calls
 from tests.service.support import (
+    NOTHING,
     at_vipps,
     audit_trail,
     authorized,
@@ -28,6 +29,7 @@ from tests.service.support import (
     driven_stack,
     fault,
     outbox_rows,
+    pause_webhooks,
     payment_at_vipps,
     reconciler,
     requested,
@@ -40,12 +42,6 @@ from tests.service.support import (
 )
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
-
-NOTHING = {"authorized": 0, "captured": 0, "refunded": 0, "cancelled": 0}
-
-
-async def pause_webhooks(stack: Stack) -> None:
-    assert (await stack.sim.post("/_sim/webhooks/pause")).is_success
 
 
 async def resynced(stack: Stack, checkout_id: str) -> dict[str, Any]:

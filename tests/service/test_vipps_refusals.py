@@ -26,6 +26,7 @@ from app.vipps.errors import VippsRejected
 from app.workers.outbox import OutboxWorker
 from tests.api.support import effective_calls, ledger
 from tests.service.support import (
+    NOTHING,
     at_vipps,
     audit_trail,
     authorized,
@@ -36,6 +37,7 @@ from tests.service.support import (
     fault,
     outbox,
     outbox_rows,
+    pause_webhooks,
     payment_at_vipps,
     requested,
     resync,
@@ -47,12 +49,6 @@ from tests.service.support import (
 )
 from tests.support.stack import Stack, service_settings
 from tests.support.waiting import eventually
-
-NOTHING = {"authorized": 0, "captured": 0, "refunded": 0, "cancelled": 0}
-
-
-async def pause_webhooks(stack: Stack) -> None:
-    assert (await stack.sim.post("/_sim/webhooks/pause")).is_success
 
 
 async def portal(stack: Stack, reference: str, action: str, value: int) -> None:
