@@ -126,8 +126,9 @@ async def rotate_till_key(till_id: str, services: ServicesDep, admin: OperatorDe
                 **_TILL,
                 403: "The key belongs to another till (`forbidden`).",
                 **_VIPPS,
-                422: "Invalid request (`validation_error`), or our Vipps credentials do not "
-                "cover the till's MSN (`msn_not_accessible`).",
+                422: "Invalid request (`validation_error`); our Vipps credentials do not "
+                "cover the till's MSN (`msn_not_accessible`, `msn_not_covered`), or Vipps "
+                "refused our API keys (`vipps_keys_refused`).",
             }
         ),
     },

@@ -48,28 +48,13 @@ class ServiceContext:
 
 @dataclass
 class Work:
-    """One ORM transaction of an operator path, plus what to announce once it has committed."""
+    """One ORM transaction of an operator path, plus the revocations to announce once it has
+    committed. (Checkout changes are announced by the hot-path store: app/persistence.)"""
 
     session: AsyncSession
     is_postgres: bool
-    origin: str = "-"
-    changed: set[tuple[str, str | None]] = field(default_factory=set)
     # Credentials this transaction revokes (app/notifications.py, revocations).
     revoked: set[str] = field(default_factory=set)
-
-    async def announce(self, till_id: str, checkout_id: str | None) -> None:
-        """Mark a visible change; on Postgres other replicas hear of it when this commits."""
-        if (till_id, checkout_id) in self.changed:
-            return
-        self.changed.add((till_id, checkout_id))
-        if self.is_postgres:
-            await self.session.execute(
-                select(
-                    func.pg_notify(
-                        CHANNEL, ChangeHub.payload(till_id, checkout_id, origin=self.origin)
-                    )
-                )
-            )
 
     async def revoke(self, subject: str) -> None:
         """Revoke a credential (``till_key_subject``/``admin_key_subject``) when this commits:
@@ -85,12 +70,10 @@ class Work:
 
 @asynccontextmanager
 async def unit_of_work(ctx: ServiceContext) -> AsyncIterator[Work]:
-    """Commit on success, roll back on error; wake local waiters after the commit."""
+    """Commit on success, roll back on error; apply revocations locally after the commit."""
     async with ctx.sessions() as session:
         async with session.begin():
-            work = Work(session, ctx.is_postgres, ctx.hub.origin)
+            work = Work(session, ctx.is_postgres)
             yield work
-        for till_id, checkout_id in work.changed:
-            ctx.hub.signal_change(till_id, checkout_id)
         if work.revoked:
             ctx.hub.revoke(*work.revoked)

@@ -30,10 +30,10 @@ from app.service.errors import (
     InvalidCheckout,
     MsnNotAccessible,
     MsnNotCovered,
-    ServiceError,
     StoreNotFound,
     TillExists,
     TillNotFound,
+    VippsKeysRefused,
     VippsRefused,
     VippsUnreachable,
     vipps_errors_as_problems,
@@ -430,12 +430,18 @@ class TillService:
                     raise MsnNotAccessible(
                         "the Vipps credentials do not cover this till's sales unit (MSN)"
                     ) from exc
-                raise VippsUnreachable(str(exc)[:300]) from exc
+                # 401: the keys we hold are wrong or revoked; an operator rotates them.
+                raise VippsKeysRefused(
+                    f"Vipps refused our API keys for this sales unit (HTTP {exc.status}): rotate "
+                    "them (`vipps-pos keys rotate <msn>`) or fix the configured keys",
+                    vippsStatus=exc.status,
+                ) from exc
             except VippsError as exc:
                 raise VippsUnreachable(str(exc)[:300]) from exc
             content = qr.qr_content
             if not content:
-                raise ServiceError("Vipps returned no QR content for this till")
+                # Vipps's answer, not the caller's request, is at fault.
+                raise VippsRefused("Vipps returned no QR content for this till")
             async with unit_of_work(self.ctx) as work:
                 row = await repo.get_till(work.session, till_id)
                 assert row is not None
