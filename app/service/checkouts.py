@@ -39,6 +39,7 @@ from app import repository as repo
 from app.domain.call_budget import with_call
 from app.domain.receipt import check_checkout, normalize_receipt
 from app.domain.state_machine import (
+    UNPAID_FINAL_STATES,
     CapturePolicy,
     CheckoutFacts,
     CheckoutState,
@@ -675,7 +676,10 @@ class CheckoutService:
                 checkout.mutating_calls = with_call(
                     checkout.mutating_calls, command.kind.value, call_stamp
                 )
-            if failure_code:
+            if failure_code and checkout.state not in UNPAID_FINAL_STATES:
+                # A sale that already ended unpaid keeps the reason it ended with: a command
+                # given up afterwards (e.g. a create whose token the decline cleared) explains
+                # nothing to the till.
                 checkout.failure_code = failure_code[:64]
             if (
                 command.kind is CommandKind.CREATE_PAYMENT
