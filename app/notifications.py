@@ -261,11 +261,16 @@ class ChangeHub:
 
     async def _listen(self, dsn: str, ready: asyncio.Event) -> None:
         delay = 0.5
+        reconnecting = False
         while True:
             connection: asyncpg.Connection | None = None
             try:
                 connection = await asyncpg.connect(dsn)
                 await connection.add_listener(CHANNEL, self._on_notify)
+                if reconnecting:
+                    # What other replicas announced between the loss and this LISTEN was
+                    # never heard, and caches may have refilled meanwhile: forget again.
+                    self.forget_all()
                 ready.set()
                 delay = 0.5
                 log.info("notifications.listening", channel=CHANNEL)
@@ -284,6 +289,7 @@ class ChangeHub:
             # Missed notifications while disconnected: wake everyone so they re-read, and let
             # credential caches forget (streams re-check their credential at a keep-alive).
             self.forget_all()
+            reconnecting = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
 
