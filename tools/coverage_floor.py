@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 REPORT = Path("test-artifacts/coverage/coverage.json")
-# Branch coverage floors, in percent: what the suite reached on the code before the hot-path
-# rebuild (issue 22), rounded down. The aim is 90 % overall and 97 % in each guarded package.
-# (The guarded packages are where money moves.)
-OVERALL_FLOOR = 85.0
+# Branch coverage floors, in percent. The aim is 90 % overall and 97 % in each guarded package
+# (where money moves); the suite measures about 90 / 99.6 / 97 / 97.8 / 97 (overall, domain,
+# service, workers, vipps). Each floor sits about a point under its measurement: a few branches
+# depend on scheduling (which task wins a race, whether a connection drops mid-test), and a floor
+# must not turn a correct change red. Raise them as tests are added.
+OVERALL_FLOOR = 89.0
 PACKAGE_FLOORS = {
     "app/domain": 99.0,
-    "app/service": 87.0,
-    "app/workers": 83.0,
-    "app/vipps": 95.0,
+    "app/service": 96.0,
+    "app/workers": 96.0,
+    "app/vipps": 96.0,
 }
 
 

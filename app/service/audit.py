@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -241,14 +241,6 @@ class ChainVerifier:
 
     def _break(self, entry: AuditEntry, problem: str) -> None:
         self.breaks.append(AuditBreak(entry.chain, entry.seq, entry.id, problem))
-
-
-def verify_entries(entries: Iterable[AuditEntry]) -> list[AuditBreak]:
-    """Check chains given in (chain, seq) order. Empty list: intact."""
-    verifier = ChainVerifier()
-    for entry in entries:
-        verifier.feed(entry)
-    return verifier.breaks
 
 
 async def verify_chain(session: AsyncSession) -> list[AuditBreak]:

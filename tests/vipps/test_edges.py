@@ -10,6 +10,7 @@ import respx
 from pydantic import ValidationError
 
 from app.vipps.client import RetryPolicy, VippsClient
+from app.vipps.client import _max_age as discovery_max_age
 from app.vipps.errors import (
     VippsError,
     VippsUnexpectedResponse,
@@ -72,3 +73,20 @@ def test_token_numbers_vipps_cannot_mean_are_dropped(value: object) -> None:
 def test_payment_metadata_beyond_vipps_limits_is_refused(metadata: dict[str, str]) -> None:
     with pytest.raises(ValidationError, match="metadata"):
         payment_request(metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "seconds"),
+    [
+        (None, 300.0),  # Vipps sends none: five minutes
+        ("public, max-age=120", 120.0),
+        ('max-age="60"', 60.0),
+        ("no-store", 0.0),
+        ("private, no-cache, max-age=600", 0.0),  # no-cache wins: ask every time
+        ("public", 300.0),
+    ],
+)
+def test_the_login_discovery_is_kept_as_long_as_its_cache_control_allows(
+    cache_control: str | None, seconds: float
+) -> None:
+    assert discovery_max_age(cache_control) == seconds

@@ -24,12 +24,15 @@ from app.persistence.store import NewInboxEvent
 from app.service.context import utcnow
 from app.service.intake import dedup_key, read_delivery
 from app.workers.inbox import InboxWorker
+from app.workers.outbox import OutboxWorker
 from tests.api.support import drain, effective_calls, iso, ledger, payment_sent, wait_inbox
 from tests.service.support import (
     MSN,
     NOTHING,
     authorized,
+    calls,
     clear_faults,
+    command_as_claimed,
     driven_stack,
     fault,
     outbox,
@@ -435,3 +438,38 @@ async def test_a_scan_left_waiting_past_its_token_lifetime_is_expired_by_the_rec
         checkout = await stack.checkout(till, 5000)
         assert checkout["state"] == "AWAITING_SCAN"
         assert await ledger(stack, operation="createPayment") == []
+
+
+async def test_an_outbox_without_a_customer_club_lets_the_sale_go_on_unidentified(
+    database_url: str,
+) -> None:
+    """A worker built without the club (a replica where it is not configured) must not hold a
+    sale in IDENTIFYING: the identification ends with its reason and the payment goes out."""
+    async with driven_stack(database_url) as stack:
+        till = await stack.register_till()
+        policy = await stack.service.put(
+            "/api/v1/stores/store-1", json={"clubPolicy": "lookup"}, headers=stack.admin
+        )
+        assert policy.status_code == 200, policy.text
+        checkout = await stack.checkout(till)
+        await stack.scan(till)
+        await drain(stack)
+        await stack.wait_state(till, checkout["id"], "IDENTIFYING")
+        exchange = await command_as_claimed(stack, checkout["id"], "EXCHANGE_TOKEN")
+        without_club = OutboxWorker(
+            services(stack).ctx, services(stack).checkouts, outbox(stack).vipps
+        )
+
+        await without_club.dispatch(exchange)
+        await run_outbox(stack)
+
+        sent = await stack.wait_for(till, checkout["id"], lambda c: c["paymentSent"])
+        assert sent["state"] == "PAYMENT_REQUESTED"
+        assert sent["member"] is None  # nobody identified, nobody enrolled
+        rows = await outbox_rows(stack, checkout["id"])
+        assert rows[0]["result"] == {"event": "IDENTIFY_FINISHED"}
+        assert calls(rows) == [
+            ("EXCHANGE_TOKEN", "DONE"),
+            ("CREATE_PAYMENT", "DONE"),
+        ]
+        assert await ledger(stack, operation="exchangeCustomer") == []
