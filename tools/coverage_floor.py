@@ -18,11 +18,12 @@ from typing import Any
 
 REPORT = Path("test-artifacts/coverage/coverage.json")
 # Branch coverage floors, in percent. The aim is 90 % overall and 97 % in each guarded package
-# (where money moves); the suite measures about 90 / 99.6 / 97 / 97.8 / 97 (overall, domain,
-# service, workers, vipps). Each floor sits about a point under its measurement: a few branches
-# depend on scheduling (which task wins a race, whether a connection drops mid-test), and a floor
-# must not turn a correct change red. Raise them as tests are added.
-OVERALL_FLOOR = 89.0
+# (where money moves), and the suite measures that: 90.3 overall; domain 99.6, service 97.2,
+# workers 97.8 (90 of 92), vipps 97.2 (241 of 248). At 97 the workers and vipps floors would have
+# no branch to spare, and a few branches depend on scheduling (which task wins a race, whether a
+# connection drops mid-test), so those floors sit a point under: a floor must not turn a correct
+# change red. Raise them as tests are added.
+OVERALL_FLOOR = 90.0
 PACKAGE_FLOORS = {
     "app/domain": 99.0,
     "app/service": 96.0,
