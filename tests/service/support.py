@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.domain.state_machine import CommandKind
 from app.models import AuditEntry, Checkout, OutboxCommand
@@ -121,6 +121,22 @@ async def till_post(
 
 
 # ---- Vipps, as another system on the same sales unit (the merchant portal, say) -------------
+
+
+async def drop_listen_connections(stack: Stack) -> int:
+    """The database drops every LISTEN connection on the stack's database (all replicas');
+    returns how many it dropped."""
+    async with services(stack).ctx.sessions() as session:
+        dropped = (
+            await session.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query ILIKE 'LISTEN%' "
+                    "AND pid <> pg_backend_pid()"
+                )
+            )
+        ).all()
+    return len(dropped)
 
 
 # Vipps's totals of a payment nothing has happened to.

@@ -28,6 +28,7 @@ from tests.service.support import (
     calls,
     clear_faults,
     driven_stack,
+    drop_listen_connections,
     fault,
     outbox,
     outbox_rows,
@@ -313,17 +314,7 @@ async def test_a_long_poll_outlives_a_lost_change_listener_and_answers_with_the_
                 lambda: checkout_key(checkout["id"]) in hub._events, "the long-poll to wait"
             )
             # The LISTEN connection drops: whatever this process knew is forgotten.
-            async with services(stack).ctx.sessions() as session:
-                terminated = (
-                    await session.execute(
-                        text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = current_database() AND query ILIKE 'LISTEN%' "
-                            "AND pid <> pg_backend_pid()"
-                        )
-                    )
-                ).all()
-            assert terminated, "no LISTEN connection found"
+            assert await drop_listen_connections(stack) == 1, "no LISTEN connection found"
             await eventually(lambda: hub.latest(checkout["id"]) is None, "the hub to forget")
             assert not poll.done()  # nothing changed: the wait goes on
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from sqlalchemy import text
-
 from app.notifications import ChangeHub, checkout_key
-from tests.service.support import services, till_post
+from tests.service.support import drop_listen_connections, services, till_post
 from tests.support.stack import in_process_replicas
 from tests.support.waiting import eventually
 
@@ -28,17 +26,7 @@ async def test_a_change_made_elsewhere_while_the_listener_was_down_wakes_the_lon
         try:
             await eventually(lambda: checkout_key(checkout["id"]) in hub._events, "a waiter")
             # Both replicas lose their LISTEN connection (the database dropped them).
-            async with services(here).ctx.sessions() as session:
-                dropped = (
-                    await session.execute(
-                        text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = current_database() AND query ILIKE 'LISTEN%' "
-                            "AND pid <> pg_backend_pid()"
-                        )
-                    )
-                ).all()
-            assert len(dropped) == 2, dropped
+            assert await drop_listen_connections(here) == 2
             await eventually(lambda: hub.latest(checkout["id"]) is None, "the loss noticed")
             # While this replica is not listening, the other one ends the sale.
             cancelled = await till_post(elsewhere, till, checkout["id"], "cancel")
