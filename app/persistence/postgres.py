@@ -247,7 +247,7 @@ _COMMAND_RETURNING = """
 RETURNING o.id, o.checkout_id, o.till_id, o.kind, o.msn, o.reference, o.idempotency_key,
           o.payload, o.attempts, o.outcome_unknown,
           c.customer_token_enc, c.customer_token_expires_at, c.mutating_calls, c.scanned_at,
-          c.store_id, (o.checkout_id IS NULL OR c.id IS NOT NULL) AS checkout_found
+          c.store_id, c.id IS NOT NULL AS checkout_found
 """
 CLAIM_OUTBOX = f"""
 UPDATE outbox o SET status = '{OutboxStatus.IN_FLIGHT.value}', lease_until = $2,

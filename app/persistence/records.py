@@ -214,8 +214,8 @@ class CommandRecord:
     mutating_calls: Any = None
     scanned_at: datetime | None = None
     store_id: str | None = None
-    # False when the command names a checkout whose row is gone (removed by hand: the service
-    # never deletes one). Such a command fails without calling Vipps.
+    # False when the command's checkout row is gone or its link was cleared (by hand: the
+    # service never deletes one). Such a command fails without calling Vipps.
     checkout_found: bool = True
 
 

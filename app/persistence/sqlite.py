@@ -694,7 +694,7 @@ class SqliteStore:
                         mutating_calls=checkout["mutating_calls"] if checkout else None,
                         scanned_at=checkout["scanned_at"] if checkout else None,
                         store_id=checkout["store_id"] if checkout else None,
-                        checkout_found=row["checkout_id"] is None or checkout is not None,
+                        checkout_found=checkout is not None,
                     )
                 )
         return claimed

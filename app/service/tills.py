@@ -28,19 +28,15 @@ from app.service.audit import GENESIS, append_audit
 from app.service.context import ServiceContext, unit_of_work
 from app.service.errors import (
     InvalidCheckout,
-    MsnNotAccessible,
     MsnNotCovered,
     StoreNotFound,
     TillExists,
     TillNotFound,
-    VippsKeysRefused,
     VippsRefused,
-    VippsUnreachable,
     vipps_errors_as_problems,
 )
 from app.service.keys import VippsKeys
-from app.vipps.credentials import NoCredentials
-from app.vipps.errors import VippsAuthError, VippsError, VippsNotFound, VippsRejected
+from app.vipps.errors import VippsAuthError, VippsError, VippsNotFound
 
 log = structlog.get_logger("app.tills")
 TILL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -417,27 +413,10 @@ class TillService:
         till = await self.get(till_id)
         content = till.qr_content
         if not content:
-            try:
-                qr = await self.ctx.vipps.get_callback_qr(till.msn, till.merchant_qr_id)
-            except VippsRejected as exc:
-                raise VippsRefused(str(exc)[:300]) from exc
-            except NoCredentials as exc:
-                raise MsnNotCovered(till.msn) from exc
-            except VippsAuthError as exc:
-                if exc.status == 403:
-                    # Vipps: "The API keys are not valid for sales unit …" — the till's MSN is
-                    # not ours to use; retrying cannot help, so not a 503 (found by schemathesis).
-                    raise MsnNotAccessible(
-                        "the Vipps credentials do not cover this till's sales unit (MSN)"
-                    ) from exc
-                # 401: the keys we hold are wrong or revoked; an operator rotates them.
-                raise VippsKeysRefused(
-                    f"Vipps refused our API keys for this sales unit (HTTP {exc.status}): rotate "
-                    "them (`vipps-pos keys rotate <msn>`) or fix the configured keys",
-                    vippsStatus=exc.status,
-                ) from exc
-            except VippsError as exc:
-                raise VippsUnreachable(str(exc)[:300]) from exc
+            # Vipps's errors become the operator problems every such call gives: 403 the MSN is
+            # not ours, 401 our keys are refused (422, not a 503 that invites retries).
+            fetch = vipps_errors_as_problems(self.ctx.vipps.get_callback_qr)
+            qr = await fetch(till.msn, till.merchant_qr_id)
             content = qr.qr_content
             if not content:
                 # Vipps's answer, not the caller's request, is at fault.

@@ -320,8 +320,7 @@ class OutboxWorker:
 
     async def _perform(self, command: CommandRecord) -> Result:
         kind = command.kind
-        if command.checkout_id is None:
-            return Result("FAILED", error="checkout no longer exists")
+        assert command.checkout_id is not None  # dispatch fails commands without a checkout
         match kind:
             case CommandKind.CREATE_PAYMENT:
                 return await self._create(command)

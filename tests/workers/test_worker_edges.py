@@ -185,19 +185,26 @@ async def test_the_reconciler_loop_learns_an_approval_and_returns_once_stopped(
 # ---- the inbox worker --------------------------------------------------------------------------
 
 
+async def two_approved_unheard(stack: Stack) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Two tills, each with a sale its customer approved while webhooks were held back:
+    ``[(till, checkout), (till, checkout)]``, both checkouts still PAYMENT_REQUESTED here."""
+    sales = []
+    for till_id in ("till-1", "till-2"):
+        till = await stack.register_till(till_id)
+        sales.append((till, await requested(stack, till)))
+    await pause_webhooks(stack)
+    for _, checkout in sales:
+        await stack.approve(checkout["reference"])
+    return sales
+
+
 async def test_stranded_payment_webhooks_of_two_sales_are_applied_by_the_inbox_worker(
     database_url: str,
 ) -> None:
     """Events with a payment reference are processed in a lane per reference; two sales' events
     are both applied in one pass, and each sale is then captured exactly once."""
     async with driven_stack(database_url) as stack:
-        first_till = await stack.register_till("till-1")
-        second_till = await stack.register_till("till-2")
-        first = await requested(stack, first_till)
-        second = await requested(stack, second_till)
-        await pause_webhooks(stack)
-        await stack.approve(first["reference"])
-        await stack.approve(second["reference"])
+        (first_till, first), (second_till, second) = await two_approved_unheard(stack)
         stranded = [
             await strand_payment_webhook(stack, first["reference"], "AUTHORIZED", 10000),
             await strand_payment_webhook(stack, second["reference"], "AUTHORIZED", 10000),
@@ -374,13 +381,7 @@ async def test_one_poll_failing_unexpectedly_does_not_stop_the_others(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with driven_stack(database_url) as stack:
-        first_till = await stack.register_till("till-1")
-        second_till = await stack.register_till("till-2")
-        first = await requested(stack, first_till)
-        second = await requested(stack, second_till)
-        await pause_webhooks(stack)
-        await stack.approve(first["reference"])
-        await stack.approve(second["reference"])
+        (first_till, first), (second_till, second) = await two_approved_unheard(stack)
         vipps = services(stack).ctx.vipps
         real_get = vipps.get_payment
         broken = {first["reference"]}
